@@ -1,0 +1,188 @@
+"""DrQ-v2 networks (facebookresearch/drqv2): encoder, actor, fused twin-Q critic, truncated normal.
+
+Differences from the official code, none of which changes the function computed:
+- the encoder's output size is inferred from the image size instead of hard-coded (39,200 at 84);
+- the twin Q heads are one module (:class:`TwinQ`) evaluated with batched matmuls;
+- the actor returns the tanh mean; the agent builds :class:`TruncatedNormal` from it, so the
+  std (a Python float that changes every step) stays outside ``torch.compile``'d code;
+- LayerNorm, the tanh mean and the Q values are computed in fp32 under autocast.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def weight_init(m: nn.Module) -> None:
+    """drqv2's ``utils.weight_init``: orthogonal weights (ReLU gain for convs), zero biases."""
+    if isinstance(m, nn.Linear):
+        nn.init.orthogonal_(m.weight.data)
+        if m.bias is not None:
+            m.bias.data.fill_(0.0)
+    elif isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+        nn.init.orthogonal_(m.weight.data, nn.init.calculate_gain("relu"))
+        if m.bias is not None:
+            m.bias.data.fill_(0.0)
+
+
+class LayerNormFP32(nn.LayerNorm):
+    """LayerNorm computed in fp32 whatever the input dtype (CUDA autocast does this; CPU doesn't)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.float())
+
+
+def trunk(repr_dim: int, feature_dim: int) -> nn.Sequential:
+    """Linear -> LayerNorm -> Tanh, as drqv2's actor and critic trunks (same state_dict keys)."""
+    return nn.Sequential(nn.Linear(repr_dim, feature_dim), LayerNormFP32(feature_dim), nn.Tanh())
+
+
+class Encoder(nn.Module):
+    """obs / 255 - 0.5, Conv(C->32, 3, stride 2), 3x Conv(32->32, 3, stride 1), ReLU; flatten."""
+
+    def __init__(self, obs_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        assert len(obs_shape) == 3, f"obs_shape must be (C, H, W), got {obs_shape}"
+        self.convnet = nn.Sequential(
+            nn.Conv2d(obs_shape[0], 32, 3, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, stride=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, stride=1),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 3, stride=1),
+            nn.ReLU(),
+        )
+        self.apply(weight_init)
+        # flattened output size, inferred by a dummy forward (32 * 35 * 35 = 39,200 at 84x84)
+        with torch.no_grad():
+            self.repr_dim: int = self.convnet(torch.zeros(1, *obs_shape)).numel()
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """uint8 (or float 0..255) [B, C, H, W] -> features [B, repr_dim] in C, H, W order."""
+        obs = obs.float() / 255.0 - 0.5
+        h = self.convnet(obs)
+        return h.flatten(1)  # copies a channels_last output into drqv2's C-major order
+
+
+class Actor(nn.Module):
+    """Trunk, then MLP feature -> hidden -> ReLU -> hidden -> ReLU -> A; returns tanh mean (fp32)."""
+
+    def __init__(self, repr_dim: int, action_dim: int, feature_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.trunk = trunk(repr_dim, feature_dim)
+        self.policy = nn.Sequential(
+            nn.Linear(feature_dim, hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, action_dim),
+        )
+        self.apply(weight_init)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Encoder features [B, repr_dim] -> mean action mu = tanh(policy(trunk(h))) [B, A]."""
+        return torch.tanh(self.policy(self.trunk(h)).float())
+
+
+class TwinQ(nn.Module):
+    """Two MLPs in -> hidden -> ReLU -> hidden -> ReLU -> 1 evaluated together.
+
+    Weights are stacked along a leading head axis in ``nn.Linear`` layout ([2, out, in]); head
+    ``k`` is the same function as ``Sequential(Linear, ReLU, Linear, ReLU, Linear)`` holding
+    ``w1[k], b1[k], w2[k], b2[k], w3[k], b3[k]``. The first layer shares its input, so both heads
+    are one ``F.linear`` with 2 * hidden outputs; the other two layers are one ``baddbmm`` each.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, num_heads: int = 2) -> None:
+        super().__init__()
+        self.num_heads, self.hidden_dim = num_heads, hidden_dim
+        self.w1 = nn.Parameter(torch.empty(num_heads, hidden_dim, in_dim))
+        self.b1 = nn.Parameter(torch.zeros(num_heads, hidden_dim))
+        self.w2 = nn.Parameter(torch.empty(num_heads, hidden_dim, hidden_dim))
+        self.b2 = nn.Parameter(torch.zeros(num_heads, hidden_dim))
+        self.w3 = nn.Parameter(torch.empty(num_heads, 1, hidden_dim))
+        self.b3 = nn.Parameter(torch.zeros(num_heads, 1))
+        with torch.no_grad():
+            for k in range(num_heads):  # per head, as weight_init does for each nn.Linear
+                for w in (self.w1, self.w2, self.w3):
+                    nn.init.orthogonal_(w[k])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, in] -> Q values [num_heads, B, 1]."""
+        n, hid = self.num_heads, self.hidden_dim
+        h = F.linear(x, self.w1.reshape(n * hid, -1), self.b1.reshape(n * hid))  # [B, n*hid]
+        h = F.relu(h.view(-1, n, hid).transpose(0, 1))  # [n, B, hid] (a strided view)
+        h = F.relu(torch.baddbmm(self.b2.unsqueeze(1), h, self.w2.transpose(1, 2)))
+        return torch.baddbmm(self.b3.unsqueeze(1), h, self.w3.transpose(1, 2))
+
+
+class Critic(nn.Module):
+    """Own trunk, then twin Q on [trunk(h), action]; returns (q1, q2), each fp32 [B, 1]."""
+
+    def __init__(self, repr_dim: int, action_dim: int, feature_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.trunk = trunk(repr_dim, feature_dim)
+        self.q = TwinQ(feature_dim + action_dim, hidden_dim)
+        self.apply(weight_init)
+
+    def forward(self, h: torch.Tensor, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h_action = torch.cat([self.trunk(h), action.float()], dim=-1)
+        q = self.q(h_action).float()
+        return q[0], q[1]
+
+
+class TruncatedNormal:
+    """drqv2's ``utils.TruncatedNormal``: a Normal whose samples are clamped to [-1+eps, 1-eps].
+
+    The clamp is straight-through (the gradient w.r.t. the mean is 1 even where it clamps);
+    ``sample(clip)`` clips the noise ``scale * N(0, 1)`` to [-clip, clip] before adding the mean.
+    ``log_prob`` and ``entropy`` are the untruncated Normal's, as in drqv2.
+    """
+
+    def __init__(
+        self,
+        loc: torch.Tensor,
+        scale: float | torch.Tensor,
+        low: float = -1.0,
+        high: float = 1.0,
+        eps: float = 1e-6,
+    ) -> None:
+        self.loc = loc
+        self.scale = torch.ones_like(loc) * scale
+        self.low, self.high, self.eps = low, high, eps
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loc
+
+    def _clamp(self, x: torch.Tensor) -> torch.Tensor:
+        clamped_x = torch.clamp(x, self.low + self.eps, self.high - self.eps)
+        return x - x.detach() + clamped_x.detach()
+
+    def sample(
+        self, clip: float | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """One sample per element of ``loc``; noise clipped at ``clip`` if given."""
+        eps = torch.randn(
+            self.loc.shape, dtype=self.loc.dtype, device=self.loc.device, generator=generator
+        )
+        eps = eps * self.scale
+        if clip is not None:
+            eps = torch.clamp(eps, -clip, clip)
+        return self._clamp(self.loc + eps)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        var = self.scale**2
+        return (
+            -((value - self.loc) ** 2) / (2 * var)
+            - self.scale.log()
+            - math.log(math.sqrt(2 * math.pi))
+        )
+
+    def entropy(self) -> torch.Tensor:
+        return 0.5 + 0.5 * math.log(2 * math.pi) + torch.log(self.scale)

@@ -1,0 +1,172 @@
+"""Atomic, versioned checkpoints of plain data: no pickle of arbitrary objects.
+
+A checkpoint is ``<run_dir>/checkpoints/ckpt_<frame>.pt``: a dict of tensors and plain Python
+values, written with :func:`torch.save` to a temporary file, fsynced and renamed into place,
+and read back with ``torch.load(weights_only=True)``. Large side data (the replay contents) goes
+into ``<name>.<part>.pt`` files written *before* the main file, so a main file on disk always
+has complete parts. The newest ``keep`` checkpoints are kept; a truncated or foreign file is
+reported in one line and the previous good checkpoint is used instead.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distdrq.atomic import atomic_open
+
+FORMAT = "distdrq-checkpoint"
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^ckpt_(\d{12})\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read: missing, truncated, foreign or from another version."""
+
+
+_NUMPY_TAG = "__numpy__"
+
+
+def to_tensors(obj: Any) -> Any:
+    """Recursively store numpy arrays as tagged tensors and numpy scalars as Python scalars."""
+    if isinstance(obj, np.ndarray):
+        return {_NUMPY_TAG: torch.from_numpy(np.ascontiguousarray(obj))}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: to_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_tensors(v) for v in obj)
+    return obj
+
+
+def to_numpy(obj: Any) -> Any:
+    """Inverse of :func:`to_tensors`: tagged tensors become numpy arrays, tensors stay tensors."""
+    if isinstance(obj, dict) and set(obj) == {_NUMPY_TAG}:
+        return obj[_NUMPY_TAG].numpy()
+    if isinstance(obj, dict):
+        return {k: to_numpy(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_numpy(v) for v in obj)
+    return obj
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Write ``obj`` with :func:`torch.save` so that ``path`` is complete or untouched."""
+    with atomic_open(path) as fh:
+        torch.save(obj, fh)
+
+
+def _load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"checkpoint file {path} does not exist") from exc
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated?): {first}") from exc
+    except Exception as exc:  # torch raises UnpicklingError and others for foreign files
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path} is not a distdrq checkpoint: {first}") from exc
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    """Where a run's checkpoints live."""
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Main checkpoint files of a run, newest first."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if _NAME.match(p.name)]
+    return sorted(found, key=lambda p: p.name, reverse=True)
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    frame: int,
+    state: dict[str, Any],
+    parts: dict[str, dict[str, Any]] | None = None,
+    keep: int = 2,
+) -> Path:
+    """Write a checkpoint for ``frame``; ``parts`` are large side dicts stored in their own files.
+
+    Numpy arrays anywhere in ``state`` or ``parts`` are stored as tensors. Returns the main path.
+    Older checkpoints beyond the newest ``keep`` are deleted only after the new one is complete.
+    """
+    root = checkpoint_dir(run_dir)
+    main = root / f"ckpt_{frame:012d}.pt"
+    part_names = sorted(parts or {})
+    for name in part_names:
+        atomic_torch_save(to_tensors(parts[name]), main.with_suffix(f".{name}.pt"))  # type: ignore[index]
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "frame": int(frame),
+        "parts": part_names,
+        "state": to_tensors(state),
+    }
+    atomic_torch_save(payload, main)
+    for old in list_checkpoints(run_dir)[max(keep, 1) :]:
+        for path in root.glob(old.stem + ".*"):
+            path.unlink(missing_ok=True)
+    return main
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Read one checkpoint and its parts; arrays come back as numpy, tensors as tensors.
+
+    Raises :class:`CheckpointError` with a one-line reason for truncated or foreign files.
+    """
+    path = Path(path)
+    payload = _load(path)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a distdrq checkpoint (no '{FORMAT}' header)")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {payload.get('format_version')}, this distdrq reads "
+            f"{FORMAT_VERSION}; use the distdrq version that wrote it"
+        )
+    parts = {}
+    for name in payload["parts"]:
+        part = _load(path.with_suffix(f".{name}.pt"))
+        parts[name] = to_numpy(part)
+    return to_numpy(payload["state"]), parts
+
+
+def load_latest(
+    run_dir: str | Path, warn: Callable[[str], None] = print
+) -> tuple[Path, dict[str, Any], dict[str, dict[str, Any]]]:
+    """Load the newest readable checkpoint of a run.
+
+    A broken main file is renamed to ``*.broken`` (never deleted) and reported through ``warn``,
+    and the previous checkpoint is tried, so that later saves never rotate out a good checkpoint
+    in favour of a broken one.
+    """
+    candidates = list_checkpoints(run_dir)
+    if not candidates:
+        raise CheckpointError(
+            f"no checkpoint in {checkpoint_dir(run_dir)}; start a new run without --resume"
+        )
+    errors = []
+    for path in candidates:
+        try:
+            state, parts = load_checkpoint(path)
+        except CheckpointError as exc:
+            errors.append(str(exc))
+            aside = path.with_name(path.name + ".broken")
+            path.rename(aside)  # kept for inspection, no longer counted as a checkpoint
+            warn(f"warning: {exc}; moved it to {aside.name} and trying the previous checkpoint")
+            continue
+        return path, state, parts
+    raise CheckpointError(
+        f"no readable checkpoint in {checkpoint_dir(run_dir)} ({len(errors)} broken: {errors[0]})"
+    )

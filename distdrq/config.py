@@ -1,0 +1,479 @@
+"""Typed configuration: one dataclass per component, YAML presets, command-line overrides.
+
+Every field carries a one-line docstring (the string literal below it). A preset is a YAML file
+with one mapping per section (``env``, ``agent``, ``replay``, ``train``) and an optional
+``extends`` naming another preset (for example a difficulty group) whose values it overrides.
+Overrides on the command line use dotted keys: ``agent.lr=3e-4``.
+
+Errors are one line and name the key and the allowed choices (:class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, described in one line that names the key and the fix."""
+
+
+@dataclass
+class LinearSchedule:
+    """Linear interpolation from ``initial`` to ``final`` over ``duration`` agent steps."""
+
+    initial: float = 1.0
+    """value at agent step 0"""
+    final: float = 0.1
+    """value from ``duration`` agent steps on"""
+    duration: int = 500_000
+    """number of agent steps (env steps / action repeat) of the ramp"""
+
+    def __call__(self, step: int) -> float:
+        mix = min(max(step / max(self.duration, 1), 0.0), 1.0)
+        return (1.0 - mix) * self.initial + mix * self.final
+
+
+@dataclass
+class EnvConfig:
+    """DeepMind Control Suite pixel environment."""
+
+    task: str = "walker_walk"
+    """DrQ-v2 task name, e.g. walker_walk, cheetah_run, cup_catch (see `distdrq tasks`)"""
+    image_size: int = 84
+    """height and width of rendered frames in pixels"""
+    action_repeat: int = 2
+    """physics steps per agent step; rewards are summed"""
+    frame_stack: int = 3
+    """frames stacked along channels into one observation"""
+    camera_id: int = -1
+    """camera to render; -1 picks the DrQ-v2 default (2 for quadruped, else 0)"""
+    fast_render: bool = False
+    """turn off shadows and reflections (about 6x faster on CPU; scores not comparable)"""
+    grayscale: bool = False
+    """render one luminance channel instead of RGB (the compression paper's setting)"""
+    black_floor: bool = False
+    """replace the floor texture by black (the compression paper's setting)"""
+    gl_backend: str = "egl"
+    """MuJoCo rendering backend for MUJOCO_GL: egl, osmesa or glfw"""
+
+
+@dataclass
+class AgentConfig:
+    """DrQ-v2 learner hyperparameters (defaults as published for easy and medium tasks)."""
+
+    algo: str = "drqv2"
+    """learning algorithm"""
+    lr: float = 1e-4
+    """Adam learning rate for encoder, actor and critic"""
+    feature_dim: int = 50
+    """trunk output size (humanoid: 100)"""
+    hidden_dim: int = 1024
+    """width of the actor and critic MLP heads"""
+    encoder: str = "drqv2"
+    """image encoder architecture"""
+    critic_tau: float = 0.01
+    """soft target update rate"""
+    batch_size: int = 256
+    """transitions per learner update (walker tasks: 512)"""
+    update_every_steps: int = 2
+    """agent steps between learner updates in single-process training"""
+    num_expl_steps: int = 2000
+    """agent steps of uniform random actions at the start"""
+    stddev_schedule: LinearSchedule = field(default_factory=LinearSchedule)
+    """exploration std over agent steps (easy 100k, medium 500k, hard 2M)"""
+    stddev_clip: float = 0.3
+    """clip of the target policy smoothing noise"""
+    precision: str = "auto"
+    """autocast dtype: auto (bf16 on a GPU that supports it, else fp16; fp32 on CPU), bf16, fp16, fp32"""
+    channels_last: bool = True
+    """use channels_last memory format for the encoder on GPU"""
+    compile: bool = False
+    """torch.compile the update step"""
+    device: str = "auto"
+    """torch device for learning: auto (cuda if available), cpu, cuda, cuda:N"""
+
+
+@dataclass
+class ReplayConfig:
+    """Replay buffer; frames stored once, stacks and n-step targets rebuilt at sample time."""
+
+    capacity: int = 1_000_000
+    """maximum number of transitions kept (FIFO eviction of whole episodes)"""
+    nstep: int = 3
+    """n-step return horizon (walker tasks: 1)"""
+    discount: float = 0.99
+    """agent discount factor gamma"""
+    codec: str = "raw"
+    """frame storage codec"""
+
+
+@dataclass
+class TrainConfig:
+    """Single-process training loop (``distdrq train``)."""
+
+    frames: int = 1_100_000
+    """env frames (physics steps, counting action repeat) to train for"""
+    seed_frames: int = 4000
+    """frames collected before the first update"""
+    eval_every_frames: int = 10_000
+    """frames between evaluations"""
+    eval_episodes: int = 10
+    """episodes per evaluation, acting with the mean action"""
+    checkpoint_every_frames: int = 50_000
+    """frames between checkpoints (one more is written at the end)"""
+    log_every_frames: int = 1000
+    """frames between CSV log rows of training metrics"""
+    seed: int = 1
+    """random seed for env, networks and sampling"""
+
+
+@dataclass
+class Config:
+    """The whole run."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "agent.algo": ("drqv2",),
+    "agent.encoder": ("drqv2",),
+    "agent.precision": ("auto", "bf16", "fp16", "fp32"),
+    "env.gl_backend": ("egl", "osmesa", "glfw"),
+    "replay.codec": ("raw",),
+}
+
+_POSITIVE = (
+    "env.image_size",
+    "env.action_repeat",
+    "env.frame_stack",
+    "agent.lr",
+    "agent.feature_dim",
+    "agent.hidden_dim",
+    "agent.batch_size",
+    "agent.update_every_steps",
+    "replay.capacity",
+    "replay.nstep",
+    "train.frames",
+    "train.eval_every_frames",
+    "train.checkpoint_every_frames",
+    "train.log_every_frames",
+)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Map field name to the docstring literal that follows it in the class body."""
+    docs: dict[str, str] = {}
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    for node, nxt in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = nxt.value.value.strip()
+    return docs
+
+
+def unknown_task(name: str) -> ConfigError:
+    """The one-line error for a task name that is not known, with close matches."""
+    from distdrq.envs.tasks import known_tasks
+
+    tasks = list(known_tasks())
+    close = difflib.get_close_matches(name, tasks, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return ConfigError(
+        f"unknown task {name!r}{hint}; run `distdrq tasks` to list the {len(tasks)} tasks"
+    )
+
+
+def validate(cfg: Config) -> Config:
+    """Check choices, ranges and the task name; raise :class:`ConfigError` on the first problem."""
+    from distdrq.envs.tasks import known_tasks
+
+    tasks = known_tasks()
+    for key, allowed in _CHOICES.items():
+        value = get_key(cfg, key)
+        if value not in allowed:
+            raise ConfigError(
+                f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}"
+            )
+    for key in _POSITIVE:
+        value = get_key(cfg, key)
+        if value <= 0:
+            raise ConfigError(f"{key}={value!r} must be > 0")
+    if cfg.env.task not in tasks:
+        raise unknown_task(cfg.env.task)
+    if cfg.env.image_size < 16:
+        raise ConfigError(f"env.image_size={cfg.env.image_size} is too small; use 16 or more")
+    if not 0.0 < cfg.replay.discount <= 1.0:
+        raise ConfigError(f"replay.discount={cfg.replay.discount} must be in (0, 1]")
+    if not 0.0 < cfg.agent.critic_tau <= 1.0:
+        raise ConfigError(f"agent.critic_tau={cfg.agent.critic_tau} must be in (0, 1]")
+    if cfg.agent.stddev_schedule.duration <= 0:
+        raise ConfigError("agent.stddev_schedule.duration must be > 0")
+    for key in ("train.seed_frames", "train.eval_episodes", "agent.num_expl_steps"):
+        if get_key(cfg, key) < 0:
+            raise ConfigError(f"{key}={get_key(cfg, key)} must be >= 0")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# dotted keys and type coercion
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def get_key(cfg: Any, key: str) -> Any:
+    """Value at a dotted key, e.g. ``get_key(cfg, "agent.lr")``."""
+    obj = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arm in typing.get_args(tp):
+            if arm is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _coerce(value, arm, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: cannot use {value!r}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}={value!r} is not a boolean; use true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} is not an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                as_float = float(value.replace("_", ""))
+            except ValueError:
+                as_float = None
+            if as_float is not None and as_float.is_integer():
+                return int(as_float)
+        raise ConfigError(f"{key}={value!r} is not an integer")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} is not a number")
+        if isinstance(value, int | float):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value.replace("_", ""))
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}={value!r} is not a number")
+    if tp is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}={value!r} is not a string")
+    if _is_dataclass_type(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping of {', '.join(_field_types(tp))}")
+        obj = tp()
+        _apply_mapping(obj, value, key)
+        return obj
+    raise ConfigError(f"{key}: unsupported field type {tp}")
+
+
+def _unknown(key: str, name: str, choices: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(name, choices, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    where = f"{key}." if key else ""
+    return ConfigError(
+        f"unknown config key '{where}{name}'{hint}; allowed: {', '.join(sorted(choices))}"
+    )
+
+
+def _apply_mapping(obj: Any, mapping: dict[str, Any], prefix: str) -> None:
+    types_ = _field_types(type(obj))
+    for name, value in mapping.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in types_:
+            raise _unknown(prefix, str(name), list(types_))
+        tp = types_[name]
+        if _is_dataclass_type(tp) and isinstance(value, dict):
+            _apply_mapping(getattr(obj, name), value, key)
+        else:
+            setattr(obj, name, _coerce(value, tp, key))
+
+
+def set_key(cfg: Config, key: str, value: Any) -> None:
+    """Set a dotted key from a Python value or a command-line string (YAML scalar syntax)."""
+    parts = key.split(".")
+    obj: Any = cfg
+    for i, part in enumerate(parts[:-1]):
+        types_ = _field_types(type(obj))
+        if part not in types_ or not _is_dataclass_type(types_[part]):
+            raise _unknown(".".join(parts[:i]), part, list(types_))
+        obj = getattr(obj, part)
+    types_ = _field_types(type(obj))
+    name = parts[-1]
+    if name not in types_:
+        raise _unknown(".".join(parts[:-1]), name, list(types_))
+    if isinstance(value, str):
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            parsed = value
+        value = value if (types_[name] is str and not isinstance(parsed, dict)) else parsed
+    setattr(obj, name, _coerce(value, types_[name], key))
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """Split ``section.key=value``; raise :class:`ConfigError` if it is not of that form."""
+    if "=" not in text:
+        raise ConfigError(
+            f"override {text!r} is not of the form section.key=value, e.g. agent.lr=3e-4"
+        )
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# presets
+
+
+def configs_dir() -> Path:
+    """Directory of the YAML presets: the installed copy, else the repository's ``configs/``."""
+    installed = Path(__file__).parent / "_configs"
+    if installed.is_dir():
+        return installed
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+def preset_path(name: str) -> Path | None:
+    """Path of a preset by task or preset name (``cheetah_run``, ``difficulty/easy``)."""
+    root = configs_dir()
+    for candidate in (root / f"{name}.yaml", root / "tasks" / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"preset {path} extends itself through {' -> '.join(map(str, seen))}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}"
+        ) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    parent_path = (
+        (path.parent / f"{parent}.yaml")
+        if not str(parent).endswith(".yaml")
+        else path.parent / parent
+    )
+    if not parent_path.is_file():
+        found = preset_path(str(parent))
+        if found is None:
+            raise ConfigError(
+                f"{path}: extends {parent!r}, which is not a preset under {configs_dir()}"
+            )
+        parent_path = found
+    return _merge(_read_yaml(parent_path, (*seen, path)), data)
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from nested mappings, rejecting unknown keys."""
+    cfg = Config()
+    _apply_mapping(cfg, data, "")
+    return cfg
+
+
+def load_config(
+    task: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> Config:
+    """Defaults, then the task preset, then a YAML file, then ``key=value`` overrides; validated.
+
+    Raises :class:`ConfigError` (one line) on an unknown task, key or bad value.
+    """
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        data = _read_yaml(Path(config_file))
+    file_task = (data.get("env") or {}).get("task") if isinstance(data.get("env"), dict) else None
+    name = task or file_task
+    if name is not None:
+        preset = preset_path(str(name))
+        if preset is None:
+            from distdrq.envs.tasks import known_tasks
+
+            if name not in known_tasks():
+                raise unknown_task(str(name))
+            base: dict[str, Any] = {"env": {"task": name}}
+        else:
+            base = _read_yaml(preset)
+        data = _merge(base, data)
+        if task is not None:
+            data = _merge(data, {"env": {"task": task}})
+    cfg = from_dict(data)
+    for text in overrides:
+        key, value = parse_override(text)
+        set_key(cfg, key, value)
+    return validate(cfg)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (YAML/JSON/msgpack-safe)."""
+    return dataclasses.asdict(cfg)

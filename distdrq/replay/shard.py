@@ -1,0 +1,622 @@
+"""Replay storage: each episode's frames stored once; stacks and n-step targets rebuilt at sample time.
+
+Index conventions are those of :mod:`distdrq.types`. An episode with ``T`` transitions stored so
+far has ``T + 1`` frames and ``max(0, T - nstep + 1)`` valid sample starts ``0 <= t <= T - nstep``;
+sampling is uniform over all valid ``(episode, t)`` pairs of all episodes, finished or not.
+
+Frames live behind :class:`FrameStore` (append frames, gather frames by index) so that a
+compressed codec can replace :class:`RawFrameStore` without touching sampling.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import numpy as np
+
+from distdrq.types import Batch, Chunk
+
+_U32 = (1 << 32) - 1
+
+
+def drqv2_bytes_per_transition(frame_shape: tuple[int, ...], frame_stack: int) -> int:
+    """Bytes DrQ-v2's replay layout spends per transition on observations.
+
+    DrQ-v2 writes every time step's stacked observation (uint8 ``[frame_stack * C, H, W]``) to
+    its episode ``.npz`` and reads ``next_obs`` from the following step, so a transition costs one
+    stacked observation: ``frame_stack * C * H * W`` bytes, 63,504 B for 9x84x84. Like the
+    ANCHORS figure (63.5 GB per 1M transitions) this leaves out its float32 action, reward and
+    discount (``4 * A + 8`` bytes, under 0.1%), while :meth:`ReplayShard.stats` counts ours, so
+    ``ratio_vs_drqv2`` errs low.
+    """
+    return int(frame_stack * int(np.prod(frame_shape)))
+
+
+def _grown(array: np.ndarray, used: int, needed: int) -> np.ndarray:
+    """``array`` if it has room for ``needed`` rows, else a copy of its first ``used`` rows with
+    capacity ``max(needed, 2 * len(array))``."""
+    if needed <= len(array):
+        return array
+    bigger = np.empty((max(needed, 2 * len(array)), *array.shape[1:]), array.dtype)
+    bigger[:used] = array[:used]
+    return bigger
+
+
+class FrameStore(abc.ABC):
+    """The frames of one episode, in order; codecs subclass this (raw only for now)."""
+
+    @abc.abstractmethod
+    def append(self, frames: np.ndarray) -> None:
+        """Append uint8 frames ``[F, C, H, W]`` (the caller has checked dtype and shape)."""
+
+    @abc.abstractmethod
+    def gather(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Frames at ``indices`` (any shape, each ``0 <= i < len(self)``, not checked) as
+        ``indices.shape + (C, H, W)``, written into ``out`` (C-contiguous) if given."""
+
+    @abc.abstractmethod
+    def __len__(self) -> int:
+        """Number of frames stored."""
+
+    @property
+    @abc.abstractmethod
+    def nbytes(self) -> int:
+        """Bytes held, allocated slack included."""
+
+    def finalize(self) -> None:  # noqa: B027 (optional hook)
+        """The episode has ended: release growth slack, finish encoding."""
+
+    @abc.abstractmethod
+    def state(self) -> dict[str, np.ndarray]:
+        """Arrays that :meth:`from_state` restores the store from; keys start with ``frames``."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_state(cls, state: dict[str, Any], frame_shape: tuple[int, ...]) -> FrameStore:
+        """Rebuild a store from :meth:`state` (taking ownership of the arrays)."""
+
+
+class RawFrameStore(FrameStore):
+    """Uncompressed frames in one preallocated uint8 array whose capacity doubles as it grows."""
+
+    def __init__(self, frame_shape: tuple[int, ...], capacity: int = 0) -> None:
+        self._buffer = np.empty((capacity, *frame_shape), np.uint8)
+        self._length = 0
+
+    def append(self, frames: np.ndarray) -> None:
+        needed = self._length + len(frames)
+        self._buffer = _grown(self._buffer, self._length, needed)
+        self._buffer[self._length : needed] = frames
+        self._length = needed
+
+    def gather(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        # mode="clip" lets np.take write straight into `out` (mode="raise" buffers a copy)
+        return np.take(self._buffer, indices, axis=0, out=out, mode="clip")
+
+    def __len__(self) -> int:
+        return self._length
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._buffer.nbytes)
+
+    def finalize(self) -> None:
+        if len(self._buffer) > self._length:
+            self._buffer = self._buffer[: self._length].copy()
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"frames": self._buffer[: self._length]}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], frame_shape: tuple[int, ...]) -> RawFrameStore:
+        frames = np.ascontiguousarray(state["frames"])
+        if frames.dtype != np.uint8 or frames.shape[1:] != tuple(frame_shape):
+            raise ValueError(
+                f"stored frames are {frames.dtype} {frames.shape}, expected uint8 [F, *{frame_shape}]"
+            )
+        store = cls(frame_shape)
+        store._buffer = frames
+        store._length = len(frames)
+        return store
+
+
+class _Episode:
+    """One episode's frames, per-transition data and bookkeeping.
+
+    Actions, rewards and env discounts share one float32 array ``[capacity, A + 2]`` (columns
+    ``:A``, ``A``, ``A + 1``) so that sampling reads them with one gather per episode.
+    """
+
+    __slots__ = ("key", "slot", "frames", "floats", "versions", "length", "ended")
+
+    def __init__(
+        self, key: int, slot: int, frames: FrameStore, action_dim: int, capacity: int
+    ) -> None:
+        self.key = key
+        self.slot = slot
+        self.frames = frames
+        self.floats = np.empty((capacity, action_dim + 2), np.float32)
+        self.versions = np.empty(capacity, np.int64)
+        self.length = 0
+        self.ended = False
+
+    def append(self, chunk: Chunk) -> None:
+        start, stop = self.length, self.length + chunk.num_transitions
+        self.floats = _grown(self.floats, start, stop)
+        self.floats[start:stop, :-2] = chunk.actions
+        self.floats[start:stop, -2] = chunk.rewards
+        self.floats[start:stop, -1] = chunk.discounts
+        self.versions = _grown(self.versions, start, stop)
+        self.versions[start:stop] = chunk.versions
+        self.frames.append(chunk.frames)
+        self.length = stop
+        self.ended = bool(chunk.last)
+        if self.ended:
+            if len(self.floats) > stop:
+                self.floats = self.floats[:stop].copy()
+                self.versions = self.versions[:stop].copy()
+            self.frames.finalize()
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Per-transition arrays of the stored steps, contiguous."""
+        floats = self.floats[: self.length]
+        return {
+            "actions": np.ascontiguousarray(floats[:, :-2]),
+            "rewards": np.ascontiguousarray(floats[:, -2]),
+            "discounts": np.ascontiguousarray(floats[:, -1]),
+            "versions": self.versions[: self.length],
+        }
+
+    @classmethod
+    def from_arrays(
+        cls, key: int, slot: int, frames: FrameStore, arrays: dict[str, Any], ended: bool
+    ) -> _Episode:
+        actions = np.asarray(arrays["actions"], np.float32)
+        rewards = np.asarray(arrays["rewards"], np.float32)
+        discounts = np.asarray(arrays["discounts"], np.float32)
+        versions = np.ascontiguousarray(np.asarray(arrays["versions"], np.int64))
+        length = len(rewards)
+        if not (
+            actions.ndim == 2
+            and len(actions) == len(discounts) == len(versions) == length
+            and len(frames) == length + 1
+        ):
+            raise ValueError(
+                f"replay state: episode {key} has inconsistent lengths: {len(frames)} frames, "
+                f"actions {actions.shape}, {length} rewards, {len(discounts)} discounts, "
+                f"{len(versions)} versions"
+            )
+        episode = cls(key, slot, frames, actions.shape[1], length)
+        episode.floats[:, :-2] = actions
+        episode.floats[:, -2] = rewards
+        episode.floats[:, -1] = discounts
+        episode.versions = versions
+        episode.length = length
+        episode.ended = ended
+        return episode
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.frames.nbytes + self.floats.nbytes + self.versions.nbytes)
+
+
+class ReplayShard:
+    """Episodes stored frame-once; samples uniform over valid n-step transitions.
+
+    ``capacity`` counts transitions. After each insert, while more than ``capacity`` are stored,
+    whole episodes are evicted oldest first (by first insertion), finished or not, skipping the
+    episode the insert just wrote to: if that episode is all that is left it stays, and the shard
+    holds more than ``capacity`` until another episode arrives. A chunk for an evicted episode
+    raises :class:`ValueError`.
+
+    Samples of a batch come out grouped by episode (oldest first) and ordered by step: a batch is
+    a sorted multiset of independent uniform draws, which lets frames be copied straight into the
+    output. Shuffle it if you split it into correlated parts.
+    """
+
+    def __init__(
+        self, capacity: int, nstep: int, discount: float, frame_stack: int, seed: int = 0
+    ) -> None:
+        if capacity <= 0 or nstep <= 0 or frame_stack <= 0:
+            raise ValueError(
+                f"capacity={capacity}, nstep={nstep} and frame_stack={frame_stack} must be > 0"
+            )
+        if not 0.0 < discount <= 1.0:
+            raise ValueError(f"discount={discount} must be in (0, 1]")
+        self.capacity = int(capacity)
+        self.nstep = int(nstep)
+        self.discount = float(discount)
+        self.frame_stack = int(frame_stack)
+        self._rng = np.random.default_rng(seed)
+        self._clear()
+
+    def _clear(self) -> None:
+        self._frame_shape: tuple[int, ...] | None = None
+        self._action_dim: int | None = None
+        self._episodes: dict[int, _Episode] = {}  # insertion order = eviction order
+        self._evicted: set[int] = set()
+        self._slots: list[_Episode | None] = []  # slot of each episode, by first insertion
+        self._valid = np.zeros(64, np.int64)  # valid sample starts per slot (0 for evicted)
+        self._head = 0  # slots before it are all evicted
+        self._cumulative: np.ndarray | None = None  # cumsum of _valid[_head:], None when stale
+        self._transitions = 0
+        self._num_frames = 0
+
+    # -----------------------------------------------------------------------------------------
+    # insert
+
+    def insert(self, chunk: Chunk) -> None:
+        """Store a chunk (a whole or partial episode), then evict down to capacity.
+
+        Raises :class:`ValueError`, storing nothing, if the chunk's episode was evicted or has
+        ended, if ``first_step`` is not the number of transitions already stored for its episode,
+        or if array shapes or dtypes disagree with :class:`~distdrq.types.Chunk` or with earlier
+        chunks (dtypes must match exactly: frames uint8, actions/rewards/discounts float32,
+        versions int64).
+        """
+        key = int(chunk.episode_key)
+        episode = self._episodes.get(key)
+        self._validate(chunk, key, episode)
+        if episode is None:
+            frame_shape = tuple(chunk.frames.shape[1:])
+            if self._frame_shape is None:
+                self._frame_shape = frame_shape
+                self._action_dim = int(chunk.actions.shape[1])
+            size = chunk.num_transitions
+            episode = _Episode(
+                key, len(self._slots), RawFrameStore(frame_shape, size + 1), self._action_dim, size
+            )
+            self._episodes[key] = episode
+            self._slots.append(episode)
+            self._valid = _grown(self._valid, len(self._slots) - 1, len(self._slots))
+        episode.append(chunk)
+        self._transitions += chunk.num_transitions
+        self._num_frames += len(chunk.frames)
+        self._valid[episode.slot] = max(0, episode.length - self.nstep + 1)
+        self._cumulative = None
+        self._evict(keep=episode)
+
+    def _validate(self, chunk: Chunk, key: int, episode: _Episode | None) -> None:
+        if key in self._evicted:
+            raise ValueError(f"episode {key} was evicted from replay; it cannot receive chunks")
+        if episode is not None and episode.ended:
+            raise ValueError(
+                f"episode {key} ended at step {episode.length}; got a chunk after its last one"
+            )
+        expected = 0 if episode is None else episode.length
+        if chunk.first_step != expected:
+            raise ValueError(
+                f"episode {key}: chunk starts at step {chunk.first_step}, expected step {expected}"
+            )
+        size = chunk.num_transitions
+        for name, dtype, shape in (
+            ("actions", np.float32, None),
+            ("rewards", np.float32, (size,)),
+            ("discounts", np.float32, (size,)),
+            ("versions", np.int64, (size,)),
+        ):
+            value = getattr(chunk, name)
+            if not isinstance(value, np.ndarray) or value.dtype != dtype:
+                found = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
+                raise ValueError(
+                    f"episode {key}: chunk {name} must be {np.dtype(dtype)}, got {found}"
+                )
+            if shape is not None and value.shape != shape:
+                raise ValueError(
+                    f"episode {key}: chunk {name} has shape {value.shape}, expected {shape}"
+                )
+        actions = chunk.actions
+        if actions.ndim != 2 or (
+            self._action_dim is not None and actions.shape[1] != self._action_dim
+        ):
+            want = f"[{size}, {self._action_dim if self._action_dim is not None else 'A'}]"
+            raise ValueError(
+                f"episode {key}: chunk actions have shape {actions.shape}, expected {want}"
+            )
+        frames = chunk.frames
+        if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4:
+            found = (
+                f"{frames.dtype} {frames.shape}" if isinstance(frames, np.ndarray) else type(frames)
+            )
+            raise ValueError(f"episode {key}: chunk frames must be uint8 [F, C, H, W], got {found}")
+        if self._frame_shape is not None and frames.shape[1:] != self._frame_shape:
+            raise ValueError(
+                f"episode {key}: frames have shape {frames.shape[1:]}, this replay stores {self._frame_shape}"
+            )
+        want_frames = size + (1 if episode is None else 0)
+        if len(frames) != want_frames:
+            what = "transitions + 1 (the reset frame)" if episode is None else "transitions"
+            raise ValueError(
+                f"episode {key}: chunk from step {expected} with {size} transitions has "
+                f"{len(frames)} frames, expected {want_frames} ({what})"
+            )
+
+    def _evict(self, keep: _Episode | None) -> None:
+        slot = self._head
+        while self._transitions > self.capacity and slot < len(self._slots):
+            episode = self._slots[slot]
+            if episode is not None and episode is not keep:
+                self._remove(episode)
+            slot += 1
+        while self._head < len(self._slots) and self._slots[self._head] is None:
+            self._head += 1
+        if self._head > 1024 and 2 * self._head > len(self._slots):
+            self._compact()
+
+    def _remove(self, episode: _Episode) -> None:
+        del self._episodes[episode.key]
+        self._evicted.add(episode.key)
+        self._slots[episode.slot] = None
+        self._valid[episode.slot] = 0
+        self._transitions -= episode.length
+        self._num_frames -= len(episode.frames)
+        self._cumulative = None
+
+    def _compact(self) -> None:
+        """Drop the evicted slots before the head so slot arrays stay proportional to episodes."""
+        live = len(self._slots) - self._head
+        valid = np.zeros(max(64, live), np.int64)
+        valid[:live] = self._valid[self._head : len(self._slots)]
+        self._valid = valid
+        self._slots = self._slots[self._head :]
+        for slot, episode in enumerate(self._slots):
+            if episode is not None:
+                episode.slot = slot
+        self._head = 0
+        self._cumulative = None
+
+    # -----------------------------------------------------------------------------------------
+    # sample
+
+    def __len__(self) -> int:
+        """Transitions stored."""
+        return self._transitions
+
+    @property
+    def num_sampleable(self) -> int:
+        """Number of valid n-step start indices over all episodes."""
+        return int(self._valid[self._head : len(self._slots)].sum())
+
+    @property
+    def num_episodes(self) -> int:
+        """Episodes stored (finished or not)."""
+        return len(self._episodes)
+
+    def sample(
+        self, batch_size: int, rng: np.random.Generator | None = None, out: Batch | None = None
+    ) -> Batch:
+        """``batch_size`` n-step transitions drawn uniformly (with replacement) over all valid
+        starts, grouped by episode as the class docstring says; uses the shard's own generator
+        (seeded at construction) unless ``rng`` is given.
+
+        ``out``, if given, is a batch of C-contiguous arrays of the right shapes and dtypes (for
+        example in pinned memory) that is filled and returned: reusing buffers saves allocating
+        and page-faulting two fresh observation arrays per batch.
+
+        Raises :class:`ValueError` if no episode has ``nstep`` transitions yet.
+        """
+        slots, steps = self._sample_indices(batch_size, rng)
+        return self._gather(slots, steps, out)
+
+    def empty_batch(self, batch_size: int) -> Batch:
+        """Uninitialised arrays shaped as :meth:`sample` returns them (for ``out``)."""
+        if self._frame_shape is None or self._action_dim is None:
+            raise ValueError("the shape of a batch is known once a chunk has been inserted")
+        channels, *image = self._frame_shape
+        obs_shape = (batch_size, self.frame_stack * channels, *image)
+        return Batch(
+            obs=np.empty(obs_shape, np.uint8),
+            action=np.empty((batch_size, self._action_dim), np.float32),
+            reward=np.empty(batch_size, np.float32),
+            discount=np.empty(batch_size, np.float32),
+            next_obs=np.empty(obs_shape, np.uint8),
+            version=np.empty(batch_size, np.int64),
+        )
+
+    def _sample_indices(
+        self, batch_size: int, rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Slots (ascending) and steps of ``batch_size`` uniform draws over valid starts."""
+        if batch_size <= 0:
+            raise ValueError(f"batch_size={batch_size} must be > 0")
+        if self._cumulative is None:
+            self._cumulative = np.cumsum(self._valid[self._head : len(self._slots)])
+        total = int(self._cumulative[-1]) if len(self._cumulative) else 0
+        if total == 0:
+            raise ValueError(
+                f"nothing to sample: {self._transitions} transitions in {len(self._episodes)} "
+                f"episodes and none has nstep={self.nstep} transitions yet"
+            )
+        draws = (rng if rng is not None else self._rng).integers(0, total, size=batch_size)
+        draws.sort()
+        live = np.searchsorted(self._cumulative, draws, side="right")
+        steps = draws - (self._cumulative[live] - self._valid[self._head + live])
+        return live + self._head, steps
+
+    def _batch_at(self, episode_key: int, steps: np.ndarray) -> Batch:
+        """The transitions at ``steps`` (each a valid start) of one episode; for tests."""
+        episode = self._episodes[episode_key]
+        steps = np.asarray(steps, np.int64)
+        if len(steps) and not 0 <= steps.min() <= steps.max() <= episode.length - self.nstep:
+            raise ValueError(
+                f"steps outside 0..{episode.length - self.nstep} for episode {episode_key}"
+            )
+        return self._gather(np.full(len(steps), episode.slot), steps)
+
+    def _gather(self, slots: np.ndarray, steps: np.ndarray, out: Batch | None = None) -> Batch:
+        """Build a batch from (slot, step) pairs; equal slots must be adjacent."""
+        size, k, n = len(steps), self.frame_stack, self.nstep
+        batch = self.empty_batch(size) if out is None else out
+        if out is not None:
+            _check_out(out, self.empty_batch(0), size)
+        frame_shape = self._frame_shape
+        assert frame_shape is not None and self._action_dim is not None
+        floats = np.empty((size, n, self._action_dim + 2), np.float32)
+
+        # frame indices: the stack ending at t and at t + n, clamped to the reset frame
+        offsets = np.arange(1 - k, 1)
+        obs_frames = np.maximum(steps[:, None] + offsets, 0)
+        next_frames = np.maximum(steps[:, None] + (n + offsets), 0)
+        window = steps[:, None] + np.arange(n)
+        obs_split = batch.obs.reshape(size, k, *frame_shape)
+        next_split = batch.next_obs.reshape(size, k, *frame_shape)
+
+        # gather, one episode at a time
+        bounds = (np.flatnonzero(slots[1:] != slots[:-1]) + 1).tolist()
+        for start, stop in zip([0, *bounds], [*bounds, size], strict=True):
+            episode = self._slots[int(slots[start])]
+            assert episode is not None
+            episode.frames.gather(obs_frames[start:stop], out=obs_split[start:stop])
+            episode.frames.gather(next_frames[start:stop], out=next_split[start:stop])
+            np.take(episode.floats, window[start:stop], axis=0, out=floats[start:stop], mode="clip")
+            np.take(episode.versions, steps[start:stop], out=batch.version[start:stop], mode="clip")
+        batch.action[...] = floats[:, 0, :-2]
+        rewards, discounts = floats[:, :, -2], floats[:, :, -1]
+
+        # n-step: reward = sum_j (prod_{i<j} gamma d_{t+i}) r_{t+j}, discount = prod_j gamma d_{t+j}
+        gamma = np.float32(self.discount)
+        reward, discount = batch.reward, batch.discount
+        reward.fill(0.0)
+        discount.fill(1.0)
+        for j in range(n):
+            reward += discount * rewards[:, j]
+            discount *= gamma * discounts[:, j]
+        return batch
+
+    # -----------------------------------------------------------------------------------------
+    # stats and checkpoints
+
+    def stats(self) -> dict[str, float]:
+        """Sizes and memory.
+
+        ``stored_bytes`` counts the ``.nbytes`` of every array held (frames, actions, rewards,
+        discounts, versions, growth slack of unfinished episodes included, plus the slot index);
+        Python object overhead (a few hundred bytes per episode) is not counted.
+        ``ratio_vs_drqv2`` is :func:`drqv2_bytes_per_transition` over ``bytes_per_transition``.
+        """
+        stored = sum(episode.nbytes for episode in self._episodes.values()) + self._valid.nbytes
+        if self._cumulative is not None:
+            stored += self._cumulative.nbytes
+        per_transition = stored / self._transitions if self._transitions else 0.0
+        ratio = 0.0
+        if self._frame_shape is not None and per_transition:
+            ratio = drqv2_bytes_per_transition(self._frame_shape, self.frame_stack) / per_transition
+        return {
+            "transitions": float(self._transitions),
+            "episodes": float(len(self._episodes)),
+            "frames": float(self._num_frames),
+            "stored_bytes": float(stored),
+            "bytes_per_transition": float(per_transition),
+            "ratio_vs_drqv2": float(ratio),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to restore the shard: numpy arrays, ints, floats, strings, lists.
+
+        Per-episode arrays are views of the live buffer (no copy): they stay valid while the
+        shard keeps running, but do not modify them. Keys: ``episode.{i}.{name}`` for the i-th
+        stored episode (oldest first) and names ``frames``, ``actions``, ``rewards``,
+        ``discounts``, ``versions``.
+        """
+        episodes = list(self._episodes.values())
+        state: dict[str, Any] = {
+            "codec": "raw",
+            "capacity": self.capacity,
+            "nstep": self.nstep,
+            "discount": self.discount,
+            "frame_stack": self.frame_stack,
+            "frame_shape": list(self._frame_shape) if self._frame_shape is not None else [],
+            "action_dim": self._action_dim if self._action_dim is not None else -1,
+            "episode_keys": np.array([e.key for e in episodes], np.int64),
+            "episode_ended": np.array([e.ended for e in episodes], np.bool_),
+            "evicted_keys": np.array(sorted(self._evicted), np.int64),
+            "rng_state": _pack_rng(self._rng),
+        }
+        for i, episode in enumerate(episodes):
+            for name, array in episode.frames.state().items():
+                state[f"episode.{i}.{name}"] = array
+            for name, array in episode.arrays().items():
+                state[f"episode.{i}.{name}"] = array
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Replace the contents with a :meth:`state_dict` (taking ownership of its arrays).
+
+        Sampling uses this shard's ``nstep``, ``discount`` and ``frame_stack``; if the state holds
+        more than this shard's capacity, the oldest episodes are evicted.
+        """
+        if state.get("codec") != "raw":
+            raise ValueError(
+                f"replay state has codec {state.get('codec')!r}; this shard stores 'raw'"
+            )
+        self._clear()
+        frame_shape = tuple(int(x) for x in state["frame_shape"])
+        if frame_shape:
+            self._frame_shape = frame_shape
+            self._action_dim = int(state["action_dim"])
+        keys = np.asarray(state["episode_keys"], np.int64).tolist()
+        ended = np.asarray(state["episode_ended"], np.bool_).tolist()
+        per_episode: dict[int, dict[str, Any]] = {}
+        for name, value in state.items():
+            if name.startswith("episode."):
+                _, index, field = name.split(".", 2)
+                per_episode.setdefault(int(index), {})[field] = value
+        for i, (key, is_ended) in enumerate(zip(keys, ended, strict=True)):
+            arrays = per_episode[i]
+            frames = RawFrameStore.from_state(arrays, self._frame_shape or ())
+            episode = _Episode.from_arrays(key, len(self._slots), frames, arrays, bool(is_ended))
+            if episode.floats.shape[1] != (self._action_dim or 0) + 2:
+                raise ValueError(
+                    f"replay state: episode {key} has actions of size {episode.floats.shape[1] - 2}, "
+                    f"expected {self._action_dim}"
+                )
+            self._episodes[key] = episode
+            self._slots.append(episode)
+            self._valid = _grown(self._valid, len(self._slots) - 1, len(self._slots))
+            self._valid[episode.slot] = max(0, episode.length - self.nstep + 1)
+            self._transitions += episode.length
+            self._num_frames += len(frames)
+        self._evicted = set(np.asarray(state["evicted_keys"], np.int64).tolist())
+        _unpack_rng(self._rng, np.asarray(state["rng_state"]))
+        self._evict(keep=None)
+
+
+def _check_out(out: Batch, like: Batch, size: int) -> None:
+    for name in ("obs", "action", "reward", "discount", "next_obs", "version"):
+        array, want = getattr(out, name), getattr(like, name)
+        shape = (size, *want.shape[1:])
+        if (
+            not isinstance(array, np.ndarray)
+            or array.dtype != want.dtype
+            or array.shape != shape
+            or not array.flags.c_contiguous
+        ):
+            found = f"{array.dtype} {array.shape}" if isinstance(array, np.ndarray) else type(array)
+            raise ValueError(f"out.{name} must be C-contiguous {want.dtype} {shape}, got {found}")
+
+
+def _pack_rng(rng: np.random.Generator) -> np.ndarray:
+    """PCG64 state as int64 array of 32-bit pieces (so it survives any tensor conversion)."""
+    state = rng.bit_generator.state
+    if state["bit_generator"] != "PCG64":
+        raise ValueError(f"cannot save a {state['bit_generator']} generator")
+    pieces = []
+    for value in (state["state"]["state"], state["state"]["inc"]):
+        pieces += [(value >> shift) & _U32 for shift in (96, 64, 32, 0)]
+    pieces += [state["has_uint32"], state["uinteger"]]
+    return np.array(pieces, np.int64)
+
+
+def _unpack_rng(rng: np.random.Generator, pieces: np.ndarray) -> None:
+    values = [int(x) for x in pieces.tolist()]
+
+    def join(part: list[int]) -> int:
+        return (part[0] << 96) | (part[1] << 64) | (part[2] << 32) | part[3]
+
+    rng.bit_generator.state = {
+        "bit_generator": "PCG64",
+        "state": {"state": join(values[0:4]), "inc": join(values[4:8])},
+        "has_uint32": values[8],
+        "uinteger": values[9],
+    }

@@ -1,0 +1,307 @@
+"""Single-process DrQ-v2 training (``distdrq train``): one env, one replay shard, one agent.
+
+The loop is DrQ-v2's: seed frames of uniform actions, then an update every
+``agent.update_every_steps`` agent steps; evaluation with the mean action every
+``train.eval_every_frames``; checkpoints at episode boundaries (and on exit), so that
+``--resume`` continues from the exact frame, episode, replay contents and optimizer state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from distdrq.agent import make_agent
+from distdrq.checkpoint import load_latest, save_checkpoint
+from distdrq.config import Config, ConfigError, from_dict, set_key, to_dict, validate
+from distdrq.envs import make_env
+from distdrq.progress import CsvLog, ProgressDisplay
+from distdrq.replay import EpisodeWriter, ReplayShard
+
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class Counters:
+    """Progress of a run; everything needed to continue it exactly."""
+
+    frame: int = 0
+    """env frames so far (agent steps x action repeat)"""
+    step: int = 0
+    """agent steps so far"""
+    episode: int = 0
+    """completed training episodes"""
+    updates: int = 0
+    """learner updates so far"""
+    wall_time: float = 0.0
+    """seconds spent training, summed over resumed sessions"""
+    next_eval_frame: int = 0
+    """frame at or after which the next evaluation runs"""
+    last_eval_frame: int = -1
+    """frame of the last evaluation (-1: none yet)"""
+    next_checkpoint_frame: int = 0
+    """frame at or after which the next checkpoint is written (at an episode boundary)"""
+    last_train_return: float = float("nan")
+    """return of the last completed training episode"""
+    last_eval_return: float = float("nan")
+    """mean return of the last evaluation"""
+
+
+def save_run_config(run_dir: Path, cfg: Config) -> None:
+    """Write the resolved config of a run as YAML."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a run's saved config and apply ``key=value`` overrides (e.g. ``train.frames=...``)."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a distdrq run directory (no {CONFIG_FILE})")
+    cfg = from_dict(yaml.safe_load(path.read_text()))
+    from distdrq.config import parse_override
+
+    for text in overrides:
+        key, value = parse_override(text)
+        set_key(cfg, key, value)
+    return validate(cfg)
+
+
+def evaluate(agent: Any, env: Any, episodes: int, step: int) -> dict[str, float]:
+    """Run ``episodes`` episodes with the mean action; return mean and std of the returns."""
+    returns = []
+    for _ in range(episodes):
+        ts = env.reset()
+        total = 0.0
+        while not ts.last:
+            with torch.no_grad():
+                action = agent.act(ts.observation, step, eval_mode=True)
+            ts = env.step(action)
+            total += ts.reward
+        returns.append(total)
+    arr = np.asarray(returns, dtype=np.float64)
+    return {
+        "eval_return": float(arr.mean()),
+        "eval_return_std": float(arr.std()),
+        "eval_episodes": len(returns),
+    }
+
+
+class Trainer:
+    """Owns the env, replay, agent, logs and counters of one single-process run."""
+
+    def __init__(self, cfg: Config, run_dir: str | Path, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.counters = Counters()
+        seed = cfg.train.seed
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        self.env = make_env(cfg.env, seed)
+        self.eval_env = make_env(cfg.env, seed + 10_000)
+        self.agent = make_agent(self.env.obs_shape, self.env.action_dim, cfg.agent)
+        self.replay = ReplayShard(
+            capacity=cfg.replay.capacity,
+            nstep=cfg.replay.nstep,
+            discount=cfg.replay.discount,
+            frame_stack=cfg.env.frame_stack,
+            seed=seed,
+        )
+        self.sample_rng = np.random.default_rng(seed + 1)
+        self.writer = EpisodeWriter(writer_id=0, chunk_length=1)
+        self.resumed_from: Path | None = None
+        self._messages: list[str] = []
+        if resume:
+            self._restore()
+        else:
+            self.counters.next_checkpoint_frame = cfg.train.checkpoint_every_frames
+            save_run_config(self.run_dir, cfg)
+        self.train_log = CsvLog(self.run_dir / "train.csv")
+        self.eval_log = CsvLog(self.run_dir / "eval.csv")
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def save(self) -> Path:
+        """Checkpoint agent, optimizers, counters, RNG states and the replay contents."""
+        state = {
+            "counters": dataclasses.asdict(self.counters),
+            "config": to_dict(self.cfg),
+            "agent": self.agent.state_dict(),
+            "sample_rng": self.sample_rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "writer": {"episodes_started": self.writer.episodes_started},
+        }
+        parts = {"replay": self.replay.state_dict()}
+        return save_checkpoint(self.run_dir, self.counters.frame, state, parts)
+
+    def _restore(self) -> None:
+        path, state, parts = load_latest(self.run_dir, warn=self._messages.append)
+        self.agent.load_state_dict(state["agent"])
+        self.replay.load_state_dict(parts["replay"])
+        known = {f.name for f in dataclasses.fields(Counters)}
+        self.counters = Counters(**{k: v for k, v in state["counters"].items() if k in known})
+        self.sample_rng.bit_generator.state = state["sample_rng"]
+        torch.set_rng_state(torch.as_tensor(state["torch_rng"]))
+        self.writer.episodes_started = int(state["writer"]["episodes_started"])
+        self.resumed_from = path
+
+    # -- loop -------------------------------------------------------------------------------
+
+    def _eval_due(self) -> bool:
+        return self.counters.frame >= self.counters.next_eval_frame
+
+    def _run_eval(self, progress: ProgressDisplay) -> None:
+        c = self.counters
+        metrics = evaluate(self.agent, self.eval_env, self.cfg.train.eval_episodes, c.step)
+        c.last_eval_return = metrics["eval_return"]
+        c.last_eval_frame = c.frame
+        c.next_eval_frame = c.frame + self.cfg.train.eval_every_frames
+        self.eval_log.write(
+            {"frame": c.frame, "step": c.step, "episode": c.episode, "wall_time": c.wall_time}
+            | metrics
+        )
+        progress.message(
+            f"eval at frame {c.frame:,}: return {metrics['eval_return']:.1f} "
+            f"± {metrics['eval_return_std']:.1f} over {metrics['eval_episodes']} episodes"
+        )
+
+    def train(self, progress: ProgressDisplay | None = None) -> Counters:
+        """Train until ``train.frames``; checkpoint and return the counters on exit or Ctrl-C."""
+        cfg, c = self.cfg, self.counters
+        progress = progress or ProgressDisplay(cfg.env.task, cfg.train.frames)
+        seed_steps = cfg.train.seed_frames // cfg.env.action_repeat
+        interrupted = False
+        previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        with progress:
+            for text in self._messages:
+                progress.message(text)
+            if self.resumed_from is not None:
+                progress.message(
+                    f"resumed from {self.resumed_from} at frame {c.frame:,}, episode {c.episode}"
+                )
+            progress.message(
+                f"learner on {self.agent.device} ({precision_label(self.agent)}); "
+                f"run dir {self.run_dir}"
+            )
+            start = time.monotonic()
+            base_wall = c.wall_time
+            ts = self.env.reset()
+            self.writer.begin(ts.frame)
+            episode_return = 0.0
+            last_log_frame = c.frame
+            metrics: dict[str, float] = {}
+            try:
+                while c.frame < cfg.train.frames:
+                    if self._eval_due():
+                        self._run_eval(progress)
+                    # act
+                    with torch.no_grad():
+                        action = self.agent.act(ts.observation, c.step, eval_mode=False)
+                    # update
+                    update_due = c.step >= seed_steps and c.step % cfg.agent.update_every_steps == 0
+                    if update_due and self.replay.num_sampleable > 0:
+                        batch = self.replay.sample(cfg.agent.batch_size, rng=self.sample_rng)
+                        metrics = self.agent.update(batch, c.step)
+                        c.updates += 1
+                    # step
+                    ts = self.env.step(action)
+                    episode_return += ts.reward
+                    chunk = self.writer.append(action, ts.reward, ts.discount, ts.frame, ts.last)
+                    if chunk is not None:
+                        self.replay.insert(chunk)
+                    c.step += 1
+                    c.frame += cfg.env.action_repeat
+                    c.wall_time = base_wall + time.monotonic() - start
+                    if ts.last:
+                        c.episode += 1
+                        c.last_train_return = episode_return
+                        episode_return = 0.0
+                        if c.frame >= c.next_checkpoint_frame and c.frame < cfg.train.frames:
+                            self.save()
+                            c.next_checkpoint_frame = c.frame + cfg.train.checkpoint_every_frames
+                        ts = self.env.reset()
+                        self.writer.begin(ts.frame)
+                    if c.frame - last_log_frame >= cfg.train.log_every_frames or ts.first:
+                        last_log_frame = c.frame
+                        self._log_train(metrics)
+                    progress.update(
+                        c.frame,
+                        c.updates,
+                        episode=c.episode,
+                        train_return=_finite(c.last_train_return),
+                        eval_return=_finite(c.last_eval_return),
+                    )
+                if c.last_eval_frame != c.frame:  # always end with an evaluation
+                    self._run_eval(progress)
+            except KeyboardInterrupt:
+                interrupted = True
+                progress.message("interrupted: writing a checkpoint (Ctrl-C again to abort)")
+            finally:
+                signal.signal(signal.SIGTERM, previous_sigterm)
+            c.wall_time = base_wall + time.monotonic() - start
+            path = self.save()
+            progress.message(
+                f"{'stopped' if interrupted else 'done'} at frame {c.frame:,} "
+                f"({c.updates:,} updates, {c.episode} episodes); checkpoint {path}"
+            )
+        (self.run_dir / "summary.json").write_text(json.dumps(dataclasses.asdict(c), indent=2))
+        return c
+
+    def _log_train(self, metrics: dict[str, float]) -> None:
+        c = self.counters
+        self.train_log.write(
+            {
+                "frame": c.frame,
+                "step": c.step,
+                "episode": c.episode,
+                "updates": c.updates,
+                "wall_time": round(c.wall_time, 3),
+                "train_return": c.last_train_return,
+                "replay_transitions": len(self.replay),
+                "stddev": self.cfg.agent.stddev_schedule(c.step),
+            }
+            | {k: metrics.get(k, float("nan")) for k in _TRAIN_METRICS}
+        )
+
+    def close(self) -> None:
+        """Release the envs."""
+        self.env.close()
+        self.eval_env.close()
+
+
+_TRAIN_METRICS = (
+    "critic_loss",
+    "critic_q1",
+    "critic_q2",
+    "critic_target_q",
+    "actor_loss",
+    "actor_ent",
+    "batch_reward",
+)
+
+
+def precision_label(agent: Any) -> str:
+    """``bf16``, ``fp16 + grad scaler`` or ``fp32``: what the agent's updates run in."""
+    dtype = getattr(agent, "amp_dtype", None)
+    if dtype is None:
+        return "fp32"
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
+    scaler = getattr(agent, "critic_scaler", None)
+    return f"{name} + grad scaler" if scaler is not None and scaler.is_enabled() else name
+
+
+def _finite(value: float) -> float | None:
+    return value if np.isfinite(value) else None
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt

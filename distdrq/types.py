@@ -1,0 +1,82 @@
+"""Data that crosses component boundaries: env time steps, replay chunks and sampled batches.
+
+Conventions (one episode of L transitions has L + 1 frames):
+- frame 0 is the reset frame; action t is chosen looking at the stack ending at frame t and
+  yields reward t, env discount t and frame t + 1;
+- an observation at frame t stacks frames t-k+1 .. t (k = frame_stack), repeating frame 0 for
+  negative indices, as the env does at reset;
+- an n-step sample at transition t (0 <= t <= T - n, T transitions stored so far) has
+  reward = sum_{j<n} gamma^j (prod_{i<j} d_{t+i}) r_{t+j}, discount = prod_{j<n} gamma d_{t+j},
+  next_obs = the stack ending at frame t + n; windows never cross episode ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class TimeStep:
+    """What a pixel env returns from ``reset`` and ``step``."""
+
+    observation: np.ndarray
+    """uint8 [frame_stack * C, H, W], channels first, oldest frame first"""
+    frame: np.ndarray
+    """uint8 [C, H, W], the newest rendered frame (the one replay stores)"""
+    reward: float
+    """reward summed over the action repeat (0.0 at reset)"""
+    discount: float
+    """env discount, product over the action repeat (1.0 at reset)"""
+    first: bool
+    """True for the reset step"""
+    last: bool
+    """True for the final step of the episode"""
+
+
+@dataclass
+class Chunk:
+    """A contiguous piece of one episode, written by one env writer and inserted into replay."""
+
+    episode_key: int
+    """unique id of the episode across all writers"""
+    first_step: int
+    """index within the episode of the first transition in this chunk"""
+    frames: np.ndarray
+    """uint8 [F, C, H, W]: frames first_step+1 .. first_step+T, preceded by frame 0 when first_step == 0"""
+    actions: np.ndarray
+    """float32 [T, A]"""
+    rewards: np.ndarray
+    """float32 [T]"""
+    discounts: np.ndarray
+    """float32 [T], env discounts"""
+    versions: np.ndarray
+    """int64 [T], weight version of the policy that chose each action"""
+    last: bool
+    """True if this chunk ends the episode"""
+
+    @property
+    def num_transitions(self) -> int:
+        return int(self.actions.shape[0])
+
+
+@dataclass
+class Batch:
+    """A sampled batch of n-step transitions; contiguous numpy arrays."""
+
+    obs: np.ndarray
+    """uint8 [B, frame_stack * C, H, W]"""
+    action: np.ndarray
+    """float32 [B, A]"""
+    reward: np.ndarray
+    """float32 [B], discounted n-step reward sum"""
+    discount: np.ndarray
+    """float32 [B], gamma^n times the product of env discounts"""
+    next_obs: np.ndarray
+    """uint8 [B, frame_stack * C, H, W]"""
+    version: np.ndarray
+    """int64 [B], weight version that produced each transition"""
+
+    def __len__(self) -> int:
+        return int(self.action.shape[0])

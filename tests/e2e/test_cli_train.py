@@ -1,0 +1,103 @@
+"""End to end through the `distdrq` console script on a real DMC task (CPU, real rendering)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+SMALL = [
+    "--plain",
+    "env.image_size=64",
+    "env.fast_render=true",
+    "train.seed_frames=200",
+    "train.eval_every_frames=100000",
+    "train.eval_episodes=1",
+    "train.log_every_frames=100",
+    "agent.batch_size=32",
+    "agent.hidden_dim=64",
+    "agent.feature_dim=16",
+    "agent.num_expl_steps=50",
+    "agent.device=cpu",
+]
+
+
+def distdrq(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
+    return subprocess.run(
+        [sys.executable, "-m", "distdrq.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def _summary(run_dir):
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_train_checkpoint_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    first = distdrq(
+        "train", "--task", "cartpole_swingup", "--frames", "400", "--run-dir", str(run_dir), *SMALL
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "done at frame 400" in first.stdout
+    s1 = _summary(run_dir)
+    assert s1["frame"] == 400 and s1["step"] == 200
+    assert s1["updates"] == (200 - 100) // 2  # seed frames 200 = 100 steps, update every 2
+    ckpts = sorted((run_dir / "checkpoints").glob("ckpt_*.pt"))
+    main = [p for p in ckpts if p.name.count(".") == 1]
+    assert [p.name for p in main] == ["ckpt_000000000400.pt"]
+    raw = torch.load(main[0], weights_only=True)  # plain data only
+    assert raw["state"]["counters"]["frame"] == 400
+    assert (run_dir / "eval.csv").read_text().count("\n") >= 2  # header + evals
+
+    second = distdrq("train", "--resume", str(run_dir), "--frames", "600", "--plain")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed from" in second.stdout and "at frame 400" in second.stdout
+    s2 = _summary(run_dir)
+    assert s2["frame"] == 600 and s2["step"] == 300
+    assert s2["updates"] == s1["updates"] + 100 // 2
+    assert s2["wall_time"] > s1["wall_time"]
+    rows = (run_dir / "train.csv").read_text().splitlines()
+    frames = [int(r.split(",")[0]) for r in rows[1:]]
+    assert frames == sorted(frames) and frames[-1] == 600 and min(frames) < 400
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    bad_task = distdrq("train", "--task", "cheetah_walk", "--run-dir", str(tmp_path / "x"))
+    assert bad_task.returncode == 2
+    assert (
+        bad_task.stderr.strip().splitlines() == [bad_task.stderr.strip()]
+        and "unknown task 'cheetah_walk'" in bad_task.stderr
+    )
+    bad_key = distdrq("train", "agent.learning_rate=1")
+    assert bad_key.returncode == 2 and "unknown config key 'agent.learning_rate'" in bad_key.stderr
+    missing = distdrq("train", "--resume", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "no such run directory" in missing.stderr
+    (tmp_path / "empty").mkdir()
+    no_run = distdrq("train", "--resume", str(tmp_path / "empty"))
+    assert no_run.returncode == 2 and "not a distdrq run directory" in no_run.stderr
+
+
+def test_existing_run_dir_is_not_overwritten(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("env: {task: cheetah_run}\n")
+    result = distdrq("train", "--run-dir", str(run_dir))
+    assert result.returncode == 2 and f"--resume {run_dir}" in result.stderr
+    assert (run_dir / "config.yaml").read_text() == "env: {task: cheetah_run}\n"
+
+
+def test_tasks_and_help():
+    tasks = distdrq("tasks")
+    assert tasks.returncode == 0
+    for name in ("walker_walk", "cup_catch", "quadruped_run", "humanoid_run", "reach_duplo"):
+        assert name in tasks.stdout
+    help_text = distdrq("train", "--help").stdout
+    assert "--resume" in help_text and "agent.lr" in help_text and "env.fast_render" in help_text
