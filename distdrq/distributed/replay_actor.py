@@ -1,0 +1,287 @@
+"""Replay shards served by Ray actors, and the client that spreads inserts and samples over them.
+
+:class:`ReplayServer` is a plain class (usable and testable without Ray) that
+:func:`start_replay_shards` turns into named, restartable Ray actors. Each server owns one
+:class:`~distdrq.replay.ReplayShard`, a :class:`~distdrq.replay.ratelimit.RateLimiter` and a
+:class:`~distdrq.replay.snapshot.SnapshotStore`; when Ray restarts a killed server, its
+constructor restores the latest intact snapshot (or starts empty after reporting a broken one).
+
+:class:`ReplayClient` sends every chunk of an episode to the same shard and samples each batch
+from all shards in proportion to their sampleable transitions, so that the union is sampled
+uniformly. Batches come back through the object store (numpy arrays are zero-copy there) and
+are concatenated once into the caller's buffer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+
+from distdrq.config import ReplayConfig
+from distdrq.replay import ReplayShard
+from distdrq.replay.ratelimit import RateLimiter, RateLimiterClosed
+from distdrq.replay.snapshot import SnapshotStore
+from distdrq.types import Batch, Chunk
+
+
+@dataclass
+class ShardReply:
+    """A shard's part of a batch, with its size so the client can weight the next split."""
+
+    batch: Batch | None
+    """the sampled transitions, or None if the rate limiter or an empty shard said no"""
+    sampleable: int
+    """valid n-step start indices in the shard after this call"""
+
+
+class ReplayServer:
+    """One replay shard with rate limiting and snapshots (wrapped as a Ray actor).
+
+    As an actor it runs three concurrency groups: ``insert`` with one thread, so the chunks of
+    an episode are applied in the order they were sent and a rate-limited insert holds back
+    only the inserts queued behind it; ``sample`` with a few threads for the learner's
+    prefetched requests; ``admin`` for stats, snapshots and shutdown, which are never stuck
+    behind a blocked insert or sample.
+    """
+
+    CONCURRENCY_GROUPS = {"insert": 1, "sample": 4, "admin": 2}
+
+    def __init__(
+        self,
+        index: int,
+        cfg: ReplayConfig,
+        frame_stack: int,
+        samples_per_insert: float | None,
+        min_size_to_sample: int,
+        snapshot_dir: str | None = None,
+        snapshot_every_inserts: int = 0,
+        seed: int = 0,
+    ) -> None:
+        """``samples_per_insert=None`` enforces only the minimum size before sampling."""
+        self.index = index
+        self.shard = ReplayShard(
+            capacity=cfg.capacity,
+            nstep=cfg.nstep,
+            discount=cfg.discount,
+            frame_stack=frame_stack,
+            seed=seed + 7919 * index,
+        )
+        self.limiter = (
+            RateLimiter(samples_per_insert, min_size_to_sample)
+            if samples_per_insert is not None
+            else RateLimiter(1.0, min_size_to_sample, error_buffer=float("inf"))
+        )
+        self._lock = threading.Lock()
+        self._snapshot_every = snapshot_every_inserts
+        self._inserted_since_snapshot = 0
+        self._snapshot_lock = threading.Lock()
+        self.messages: list[str] = []
+        self.restored_from: str | None = None
+        self.snapshots = (
+            SnapshotStore(Path(snapshot_dir) / f"shard_{index:03d}") if snapshot_dir else None
+        )
+        if self.snapshots is not None:
+            found = self.snapshots.load_latest(warn=self.messages.append)
+            if found is not None:
+                path, state = found
+                self.shard.load_state_dict(state["shard"])
+                self.limiter.load_state_dict(state["limiter"])
+                self.restored_from = str(path)
+
+    # -- data path ---------------------------------------------------------------------------
+
+    @ray.method(concurrency_group="insert")
+    def insert(self, chunk: Chunk, timeout: float | None = 5.0) -> bool:
+        """Insert a chunk once the rate limiter allows; False if it did not within ``timeout``."""
+        try:
+            if not self.limiter.insert(chunk.num_transitions, timeout=timeout):
+                return False
+        except RateLimiterClosed:
+            return False
+        with self._lock:
+            self.shard.insert(chunk)
+        self._inserted_since_snapshot += chunk.num_transitions
+        if self._snapshot_every and self._inserted_since_snapshot >= self._snapshot_every:
+            self.snapshot()
+        return True
+
+    @ray.method(concurrency_group="sample")
+    def sample(self, batch_size: int, timeout: float | None = 5.0) -> ShardReply:
+        """Sample ``batch_size`` transitions once the rate limiter allows."""
+        with self._lock:
+            sampleable = self.shard.num_sampleable
+        if batch_size <= 0 or sampleable == 0:
+            return ShardReply(None, sampleable)
+        try:
+            if not self.limiter.sample(batch_size, timeout=timeout):
+                return ShardReply(None, sampleable)
+        except RateLimiterClosed:
+            return ShardReply(None, sampleable)
+        with self._lock:
+            batch = self.shard.sample(batch_size)
+            return ShardReply(batch, self.shard.num_sampleable)
+
+    # -- maintenance -------------------------------------------------------------------------
+
+    @ray.method(concurrency_group="admin")
+    def snapshot(self) -> str | None:
+        """Write a snapshot of the shard and limiter; returns its path (None without a store)."""
+        if self.snapshots is None:
+            return None
+        with self._snapshot_lock:
+            with self._lock:  # finished episodes are immutable: the state holds views, not copies
+                state = {"shard": self.shard.state_dict(), "limiter": self.limiter.state_dict()}
+                sequence = self.limiter.stats().inserts
+                self._inserted_since_snapshot = 0
+            return str(self.snapshots.save(state, sequence))
+
+    @ray.method(concurrency_group="admin")
+    def stats(self) -> dict[str, Any]:
+        """Shard and rate-limiter statistics (for metrics and progress)."""
+        with self._lock:
+            stats: dict[str, Any] = dict(self.shard.stats())
+            stats["sampleable"] = self.shard.num_sampleable
+        limiter = self.limiter.stats()
+        stats.update(
+            shard=self.index,
+            inserts=limiter.inserts,
+            samples=limiter.samples,
+            measured_samples_per_insert=limiter.measured_samples_per_insert,
+            insert_blocked_seconds=limiter.insert_blocked_seconds,
+            sample_blocked_seconds=limiter.sample_blocked_seconds,
+            restored_from=self.restored_from,
+            messages=list(self.messages),
+        )
+        return stats
+
+    @ray.method(concurrency_group="admin")
+    def close(self) -> None:
+        """Release every waiter (inserts and samples return at once from now on)."""
+        self.limiter.close()
+
+    @ray.method(concurrency_group="admin")
+    def ping(self) -> int:
+        """Liveness check; returns the shard index."""
+        return self.index
+
+
+def start_replay_shards(
+    num_shards: int,
+    cfg: ReplayConfig,
+    frame_stack: int,
+    samples_per_insert: float | None,
+    min_size_to_sample: int,
+    name_prefix: str,
+    snapshot_dir: str | None = None,
+    snapshot_every_inserts: int = 0,
+    seed: int = 0,
+    num_cpus: float = 1.0,
+) -> list[Any]:
+    """Create ``num_shards`` named Ray actors (``<prefix>-replay-<i>``) that restart on failure.
+
+    ``min_size_to_sample`` is split evenly over the shards.
+    """
+    actor_cls = ray.remote(concurrency_groups=ReplayServer.CONCURRENCY_GROUPS)(ReplayServer)
+    per_shard_min = max(1, -(-min_size_to_sample // num_shards))
+    return [
+        actor_cls.options(
+            name=f"{name_prefix}-replay-{i}",
+            num_cpus=num_cpus,
+            max_restarts=-1,
+            max_task_retries=0,
+        ).remote(
+            i,
+            cfg,
+            frame_stack,
+            samples_per_insert,
+            per_shard_min,
+            snapshot_dir,
+            snapshot_every_inserts,
+            seed,
+        )
+        for i in range(num_shards)
+    ]
+
+
+class ReplayClient:
+    """Spreads inserts over shards (by episode) and samples uniformly over their union."""
+
+    def __init__(self, shards: list[Any], seed: int = 0) -> None:
+        if not shards:
+            raise ValueError("ReplayClient needs at least one replay shard")
+        self.shards = list(shards)
+        self._rng = np.random.default_rng(seed)
+        self._sampleable = np.zeros(len(self.shards), dtype=np.int64)
+        self._refreshed = 0.0
+
+    def shard_for(self, episode_key: int) -> int:
+        """Which shard holds an episode (all its chunks go to the same one)."""
+        writer, episode = episode_key >> 32, episode_key & 0xFFFFFFFF
+        return (writer + episode) % len(self.shards)
+
+    @ray.method(concurrency_group="insert")
+    def insert(self, chunk: Chunk, timeout: float | None = 5.0) -> Any:
+        """Send a chunk to its shard; returns the ObjectRef of the server's bool reply."""
+        shard = self.shards[self.shard_for(chunk.episode_key)]
+        return shard.insert.remote(chunk, timeout)
+
+    def refresh_sizes(self) -> np.ndarray:
+        """Ask every shard for its sampleable count."""
+        stats = ray.get([s.stats.remote() for s in self.shards])
+        self._sampleable = np.array([s["sampleable"] for s in stats], dtype=np.int64)
+        self._refreshed = time.monotonic()
+        return self._sampleable
+
+    def split(self, batch_size: int) -> np.ndarray:
+        """Per-shard sample counts, multinomial in proportion to each shard's sampleable size."""
+        if self._sampleable.sum() == 0 or time.monotonic() - self._refreshed > 30.0:
+            self.refresh_sizes()
+        total = self._sampleable.sum()
+        if total == 0:
+            return np.zeros(len(self.shards), dtype=np.int64)
+        return self._rng.multinomial(batch_size, self._sampleable / total)
+
+    def request(self, batch_size: int, timeout: float | None = 5.0) -> list[tuple[int, Any]]:
+        """Start sampling one batch; returns pending (shard, ObjectRef) pairs for :meth:`collect`."""
+        counts = self.split(batch_size)
+        return [
+            (i, self.shards[i].sample.remote(int(n), timeout)) for i, n in enumerate(counts) if n
+        ]
+
+    def collect(self, pending: list[tuple[int, Any]], out: Batch | None = None) -> Batch | None:
+        """Wait for a requested batch; None if any shard declined (rate limited or empty)."""
+        replies: list[ShardReply] = ray.get([ref for _, ref in pending])
+        for (i, _), reply in zip(pending, replies, strict=True):
+            self._sampleable[i] = reply.sampleable
+        if not replies or any(r.batch is None for r in replies):
+            return None
+        parts = [r.batch for r in replies]
+        return concatenate_batches(parts, out)  # type: ignore[arg-type]
+
+    def sample(self, batch_size: int, timeout: float | None = 5.0) -> Batch | None:
+        """Sample one batch from the union of shards (blocking); None if declined."""
+        return self.collect(self.request(batch_size, timeout))
+
+    @ray.method(concurrency_group="admin")
+    def stats(self) -> list[dict[str, Any]]:
+        """Every shard's statistics."""
+        return ray.get([s.stats.remote() for s in self.shards])
+
+
+def concatenate_batches(parts: list[Batch], out: Batch | None = None) -> Batch:
+    """One batch from shard parts, written into ``out`` when given (e.g. pinned buffers)."""
+    if len(parts) == 1 and out is None:
+        return parts[0]
+    fields = ("obs", "action", "reward", "discount", "next_obs", "version")
+    arrays = {}
+    for name in fields:
+        pieces = [getattr(p, name) for p in parts]
+        target = getattr(out, name) if out is not None else None
+        arrays[name] = np.concatenate(pieces, axis=0, out=target)
+    return Batch(**arrays)

@@ -1,0 +1,442 @@
+"""Lossless frame codec for replay: a frame is encoded once (actor side), stored once, decoded
+only when sampled, bit for bit.
+
+Prediction. Every frame ``t`` of an episode is either an intra frame (stored as itself) or a
+residual against one earlier frame ``ref(t)`` of the same episode, chosen by a fixed *reference
+structure* that depends only on ``t``:
+
+- ``key``:   intra every ``K`` frames; the others refer to their group's intra frame;
+- ``chain``: intra every ``K`` frames; the others refer to the previous frame;
+- ``tree``:  intra every ``K`` frames; anchors every ``M`` frames refer to the previous anchor
+  (or intra), the others to the previous frame (a window needs few decodes, references stay close).
+
+Residuals are uint8 wraparound differences. For 3-channel frames the green residual also
+predicts red and blue (``R' = dR - dG``, ``B' = dB - dG``, mod 256); intra frames get the same
+channel transform, so decoding applies one inverse transform to every decoded plane and then
+adds each residual to its (already decoded) reference. Each frame's bytes are compressed alone
+with LZ4 (fast or HC), so decoding a window touches only the frames it needs.
+
+Decoding (:func:`decode_windows`, the sampling hot path) is vectorised across the batch: the
+closure (window frames plus their reference ancestors) of every window is computed with numpy,
+each needed frame is LZ4-decompressed once per window, the inverse channel transform is one
+pass over all of them, references are added level by level (depth in the reference tree), and
+one gather writes ``[B, W, C, H, W]``.
+
+Codecs (``CODECS``): ``raw`` (bytes as they are), ``lz4-key16`` (fast), ``lz4-tree`` (default,
+smaller), ``lz4-chain16`` (smallest of the LZ4 ones, slower to sample).
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from typing import Any
+
+import lz4.block as _lz4
+import msgpack
+import numpy as np
+
+# LZ4_decompress_safe from the liblz4 that the lz4 package bundles (decodes into our buffers)
+_lz4_decompress_safe = ctypes.CDLL(_lz4._block.__file__).LZ4_decompress_safe
+_lz4_decompress_safe.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+_lz4_decompress_safe.restype = ctypes.c_int
+
+
+@dataclass(frozen=True)
+class CodecSpec:
+    """How a codec predicts and compresses frames."""
+
+    name: str
+    structure: str
+    """raw | key | chain | tree"""
+    group: int = 16
+    """K: an intra frame every K frames"""
+    anchor: int = 4
+    """M (tree only): an anchor every M frames"""
+    hc_level: int = 9
+    """LZ4-HC level (0: plain LZ4 fast mode)"""
+
+    def refs(self, t: np.ndarray) -> np.ndarray:
+        """Reference frame of each frame index ``t`` (int64 array); -1 for intra frames."""
+        t = np.asarray(t, dtype=np.int64)
+        k = self.group
+        if self.structure == "raw":
+            return np.full_like(t, -1)
+        pos = t % k
+        if self.structure == "key":
+            ref = t - pos
+        elif self.structure == "chain":
+            ref = t - 1
+        elif self.structure == "tree":
+            m = self.anchor
+            ref = np.where(t % m == 0, t - m, t - 1)
+        else:  # pragma: no cover - guarded by the CODECS table
+            raise ValueError(self.structure)
+        return np.where(pos == 0, -1, ref)
+
+    def depth(self, t: np.ndarray) -> np.ndarray:
+        """Number of residuals between frame ``t`` and its intra frame."""
+        t = np.asarray(t, dtype=np.int64)
+        if self.structure == "raw":
+            return np.zeros_like(t)
+        pos = t % self.group
+        if self.structure == "key":
+            return (pos != 0).astype(np.int64)
+        if self.structure == "chain":
+            return pos
+        m = self.anchor
+        return pos // m + pos % m
+
+    @property
+    def max_depth(self) -> int:
+        return int(self.depth(np.arange(self.group)).max())
+
+
+_SPECS = {
+    spec.name: spec
+    for spec in (
+        CodecSpec("raw", "raw", group=1),
+        CodecSpec("lz4-key16", "key", group=16),
+        CodecSpec("lz4-tree", "tree", group=16, anchor=4),
+        CodecSpec("lz4-chain16", "chain", group=16),
+        CodecSpec("lz4-chain8", "chain", group=8),
+        CodecSpec("lz4-key8", "key", group=8),
+        CodecSpec("lz4-tree32", "tree", group=32, anchor=4),
+    )
+}
+CODECS: tuple[str, ...] = tuple(_SPECS)
+DEFAULT_CODEC = "lz4-tree"
+
+
+def codec_spec(name: str) -> CodecSpec:
+    """The :class:`CodecSpec` of ``name``; ValueError names the choices."""
+    try:
+        return _SPECS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown frame codec {name!r}; choose one of {', '.join(CODECS)}"
+        ) from None
+
+
+def _to_planes(frames: np.ndarray) -> np.ndarray:
+    """Forward channel transform (copy): for C == 3, R -= G and B -= G (mod 256)."""
+    out = np.array(frames, dtype=np.uint8, copy=True)
+    if out.shape[1] == 3:
+        out[:, 0] -= out[:, 1]
+        out[:, 2] -= out[:, 1]
+    return out
+
+
+def _from_planes_(planes: np.ndarray) -> None:
+    """Inverse channel transform in place on ``[N, C, H, W]``."""
+    if planes.shape[1] == 3:
+        planes[:, 0] += planes[:, 1]
+        planes[:, 2] += planes[:, 1]
+
+
+@dataclass
+class EncodedFrames:
+    """Consecutive frames of one episode as they travel to the replay shard."""
+
+    codec: str
+    frame_shape: tuple[int, int, int]
+    first_frame: int
+    """index within the episode of the first frame here"""
+    payload: bytes
+    """the frames' compressed bytes, concatenated"""
+    sizes: np.ndarray
+    """int64 [F], bytes of each frame in ``payload``"""
+
+    def __len__(self) -> int:
+        return int(self.sizes.shape[0])
+
+    def to_msgpack(self) -> bytes:
+        return msgpack.packb(
+            {
+                "codec": self.codec,
+                "shape": list(self.frame_shape),
+                "first": self.first_frame,
+                "payload": self.payload,
+                "sizes": self.sizes.astype("<u4").tobytes(),
+            },
+            use_bin_type=True,
+        )
+
+    @classmethod
+    def from_msgpack(cls, data: bytes) -> EncodedFrames:
+        d = msgpack.unpackb(data, raw=False)
+        return cls(
+            codec=d["codec"],
+            frame_shape=tuple(d["shape"]),
+            first_frame=int(d["first"]),
+            payload=bytes(d["payload"]),
+            sizes=np.frombuffer(d["sizes"], dtype="<u4").astype(np.int64),
+        )
+
+
+class FrameEncoder:
+    """Encodes the frames of one episode, in order, in chunks of any size (actor side)."""
+
+    def __init__(self, codec: str = DEFAULT_CODEC, frame_shape: tuple[int, int, int] = (3, 84, 84)):
+        self.spec = codec_spec(codec)
+        self.frame_shape = tuple(int(s) for s in frame_shape)
+        self._count = 0
+        self._window: dict[int, np.ndarray] = {}  # recent original frames, as planes
+
+    def encode(self, frames: np.ndarray) -> EncodedFrames:
+        """Encode the next ``frames`` (uint8 ``[F, C, H, W]``) of this episode."""
+        frames = np.asarray(frames)
+        if frames.dtype != np.uint8 or tuple(frames.shape[1:]) != self.frame_shape:
+            raise ValueError(
+                f"expected uint8 frames [F, {', '.join(map(str, self.frame_shape))}], "
+                f"got {frames.dtype} {list(frames.shape)}"
+            )
+        spec, start = self.spec, self._count
+        blobs: list[bytes] = []
+        if spec.structure == "raw":
+            blobs = [f.tobytes() for f in frames]
+        else:
+            planes = _to_planes(frames)
+            t = np.arange(start, start + len(frames))
+            refs = spec.refs(t)
+            for i, (ti, ri) in enumerate(zip(t.tolist(), refs.tolist(), strict=True)):
+                cur = planes[i]
+                data = cur if ri < 0 else cur - self._window[ri]
+                blobs.append(_compress(data.tobytes(), spec.hc_level))
+                self._window[ti] = cur
+            keep = start + len(frames) - spec.group
+            for old in [k for k in self._window if k < keep]:
+                del self._window[old]
+        self._count += len(frames)
+        return EncodedFrames(
+            codec=spec.name,
+            frame_shape=self.frame_shape,
+            first_frame=start,
+            payload=b"".join(blobs),
+            sizes=np.fromiter((len(b) for b in blobs), dtype=np.int64, count=len(blobs)),
+        )
+
+
+def _compress(data: bytes, level: int) -> bytes:
+    if level <= 0:
+        return _lz4.compress(data, store_size=False)
+    return _lz4.compress(data, mode="high_compression", compression=level, store_size=False)
+
+
+class EpisodeFrames:
+    """The stored frames of one episode (shard side): append chunks, decode frames or windows.
+
+    Chunk payloads are kept as they arrive (no copy); each frame is addressed by a pointer into
+    its chunk and a size, so that decoding hands LZ4 raw pointers (no per-frame Python objects).
+    """
+
+    def __init__(self, codec: str = DEFAULT_CODEC, frame_shape: tuple[int, int, int] = (3, 84, 84)):
+        self.codec = codec
+        self.spec = codec_spec(codec)
+        self.frame_shape = tuple(int(s) for s in frame_shape)
+        self.frame_bytes = int(np.prod(self.frame_shape))
+        self._chunks: list[EncodedFrames] = []
+        self._payloads: list[np.ndarray] = []
+        self.addr = np.zeros(0, np.int64)
+        """int64 [F]: address of each frame's bytes"""
+        self.size = np.zeros(0, np.int64)
+        """int64 [F]: number of bytes of each frame"""
+        self._payload_bytes = 0
+
+    def __len__(self) -> int:
+        return int(self.size.shape[0])
+
+    def append(self, enc: EncodedFrames) -> None:
+        if enc.codec != self.codec or tuple(enc.frame_shape) != self.frame_shape:
+            raise ValueError(
+                f"chunk is {enc.codec} {enc.frame_shape}, episode is {self.codec} {self.frame_shape}"
+            )
+        if enc.first_frame != len(self):
+            raise ValueError(f"chunk starts at frame {enc.first_frame}, expected {len(self)}")
+        if len(enc) == 0:
+            return
+        payload = np.frombuffer(enc.payload, np.uint8)
+        sizes = np.asarray(enc.sizes, np.int64)
+        if int(sizes.sum()) != payload.size:
+            raise ValueError("chunk sizes do not add up to its payload")
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        base = payload.ctypes.data if payload.size else 0
+        self._chunks.append(enc)
+        self._payloads.append(payload)
+        self.addr = np.concatenate([self.addr, base + starts])
+        self.size = np.concatenate([self.size, sizes])
+        self._payload_bytes += payload.size
+
+    def chunks(self) -> list[EncodedFrames]:
+        """What was appended, in order (for snapshots: re-append to rebuild)."""
+        return list(self._chunks)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"codec": self.codec, "shape": self.frame_shape, "chunks": self._chunks}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["codec"], state["shape"])
+        for enc in state["chunks"]:
+            self.append(enc)
+
+    def nbytes(self) -> int:
+        """Payload plus the per-frame index (address and size, 16 B per frame)."""
+        return self._payload_bytes + 16 * len(self)
+
+    def decode(self, indices: np.ndarray) -> np.ndarray:
+        """Frames at ``indices`` (any order, repeats allowed) as uint8 ``[N, C, H, W]``."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if indices.size == 0:
+            return np.empty((0, *self.frame_shape), np.uint8)
+        if indices.min() < 0 or indices.max() >= len(self):
+            raise IndexError(f"frame index out of range 0..{len(self) - 1}")
+        return decode_windows([self], np.zeros(1, np.int64), indices[None, :])[0]
+
+
+FrameDecoder = EpisodeFrames
+
+
+def _reconstruct_numpy(
+    src: np.ndarray,
+    size: np.ndarray,
+    home: np.ndarray,
+    ref_home: np.ndarray,
+    buf: np.ndarray,
+    rgb: bool,
+) -> None:
+    """Item ``i`` (LZ4 block of ``size[i]`` bytes at address ``src[i]``) becomes frame
+    ``buf[home[i]]``: decompress, undo the channel transform, add ``buf[ref_home[i]]`` (if >= 0).
+    Items come in reference order (a reference is reconstructed before its users)."""
+    width = buf.shape[1]
+    base, fn = buf.ctypes.data, _lz4_decompress_safe
+    for a, n, h in zip(src.tolist(), size.tolist(), home.tolist(), strict=True):
+        if fn(a, base + h * width, n, width) != width:
+            raise ValueError("corrupt LZ4 frame in replay")
+    if rgb:
+        planes = buf.reshape(buf.shape[0], 3, -1)
+        planes[:, 0] += planes[:, 1]
+        planes[:, 2] += planes[:, 1]
+    rows = np.flatnonzero(ref_home >= 0)
+    if rows.size == 0:
+        return
+    # level by level: an item's reference has a smaller level
+    level = np.zeros(home.size, np.int64)
+    ref_item = np.full(home.size, -1, np.int64)
+    item_of_home = np.full(buf.shape[0], -1, np.int64)
+    item_of_home[home] = np.arange(home.size)
+    ref_item[rows] = item_of_home[ref_home[rows]]
+    for i in rows.tolist():  # items are in reference order
+        level[i] = level[ref_item[i]] + 1
+    for d in range(1, int(level.max()) + 1):
+        sel = home[level == d]
+        buf[sel] += buf[ref_home[level == d]]
+
+
+_reconstruct = _reconstruct_numpy
+try:  # numba fuses decompression, channel transform and reference add: one pass per frame
+    import numba as _numba
+
+    _lz4_ptr = ctypes.CFUNCTYPE(
+        ctypes.c_int, ctypes.c_ssize_t, ctypes.c_ssize_t, ctypes.c_int, ctypes.c_int
+    )(ctypes.cast(_lz4_decompress_safe, ctypes.c_void_p).value)
+
+    @_numba.njit(nogil=True)
+    def _reconstruct_kernel(src, size, home, ref_home, buf, rgb):  # pragma: no cover - jitted
+        width = buf.shape[1]
+        plane = width // 3
+        base = buf.ctypes.data
+        for i in range(home.size):
+            h = home[i]
+            if _lz4_ptr(src[i], base + h * width, size[i], width) != width:
+                return i
+            p = buf[h]
+            if rgb:
+                for j in range(plane):
+                    g = p[plane + j]
+                    p[j] += g
+                    p[2 * plane + j] += g
+            r = ref_home[i]
+            if r >= 0:
+                q = buf[r]
+                for j in range(width):
+                    p[j] += q[j]
+        return -1
+
+    def _reconstruct_numba(src, size, home, ref_home, buf, rgb):
+        if _reconstruct_kernel(src, size, home, ref_home, buf, rgb) >= 0:
+            raise ValueError("corrupt LZ4 frame in replay")
+
+    _reconstruct = _reconstruct_numba
+except ImportError:  # pragma: no cover - numba is optional
+    pass
+
+
+def decode_windows(
+    episodes: list[EpisodeFrames], episode_idx: np.ndarray, frame_idx: np.ndarray
+) -> np.ndarray:
+    """Decode ``frame_idx[b]`` of ``episodes[episode_idx[b]]`` for every row ``b``.
+
+    ``frame_idx`` is int ``[B, W]`` (typically W consecutive, clamped frames); the result is
+    uint8 ``[B, W, C, H, W]``. All episodes must share codec and frame shape. Indices are
+    not bounds-checked here (the sampler's job); :meth:`EpisodeFrames.decode` checks them.
+    """
+    episode_idx = np.asarray(episode_idx, dtype=np.int64).reshape(-1)
+    frame_idx = np.asarray(frame_idx, dtype=np.int64)
+    nb, nw = frame_idx.shape
+    first = episodes[int(episode_idx[0])] if nb else None
+    shape = first.frame_shape if first is not None else (0, 0, 0)
+    out = np.empty((nb, nw, *shape), np.uint8)
+    if nb == 0 or nw == 0:
+        return out
+    spec, fb = first.spec, first.frame_bytes
+    uniq, inv = np.unique(episode_idx, return_inverse=True)
+    tables = [episodes[int(u)] for u in uniq]
+    base = np.concatenate([[0], np.cumsum([len(e) for e in tables])[:-1]])[inv]
+    addr = np.concatenate([e.addr for e in tables])
+    size = np.concatenate([e.size for e in tables])
+
+    if spec.structure == "raw":
+        flat = out.reshape(nb * nw, fb)
+        src = addr[(base[:, None] + frame_idx).reshape(-1)].tolist()
+        dst = flat.ctypes.data
+        for i, a in enumerate(src):
+            ctypes.memmove(dst + i * fb, a, fb)
+        return out
+
+    # closure of every window: its frames and their reference ancestors, all >= lo[b]
+    lo = frame_idx.min(axis=1)
+    lo -= lo % spec.group
+    span = int((frame_idx.max(axis=1) - lo).max()) + 1
+    mask = np.zeros((nb, span), bool)
+    rows = np.repeat(np.arange(nb), nw)
+    cur = frame_idx.reshape(-1)
+    for _ in range(spec.max_depth + 1):
+        mask[rows, cur - lo[rows]] = True
+        cur = spec.refs(cur)
+        live = cur >= 0
+        if not live.any():
+            break
+        rows, cur = rows[live], cur[live]
+    item_b, item_off = np.nonzero(mask)  # window-major, frame ascending: references come first
+    item_t = item_off + lo[item_b]
+    rowmap = np.cumsum(mask.ravel()).reshape(nb, span) - 1
+
+    # every needed frame gets a home row: its first output row, or a scratch row after them
+    n = item_t.size
+    pos = rowmap[np.arange(nb)[:, None], frame_idx - lo[:, None]].reshape(-1)
+    nrows = nb * nw
+    home = np.full(n, nrows, np.int64)
+    np.minimum.at(home, pos, np.arange(nrows))
+    scratch = np.flatnonzero(home == nrows)
+    home[scratch] = nrows + np.arange(scratch.size)
+    buf = np.empty((nrows + scratch.size, fb), np.uint8)
+    ref_t = spec.refs(item_t)
+    ref_home = np.where(
+        ref_t >= 0, home[rowmap[item_b, np.where(ref_t >= 0, ref_t, item_t) - lo[item_b]]], -1
+    )
+    glob = base[item_b] + item_t
+    _reconstruct(addr[glob], size[glob], home, ref_home, buf, shape[0] == 3)
+    dup = np.flatnonzero(home[pos] != np.arange(nrows))
+    if dup.size:
+        buf[dup] = buf[home[pos[dup]]]
+    return buf[:nrows].reshape(out.shape)
