@@ -46,6 +46,17 @@ def to_tensors(obj: Any) -> Any:
     return obj
 
 
+def to_cpu(obj: Any) -> Any:
+    """Recursively copy tensors to the CPU (for state that leaves a GPU process)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
 def to_numpy(obj: Any) -> Any:
     """Inverse of :func:`to_tensors`: tagged tensors become numpy arrays, tensors stay tensors."""
     if isinstance(obj, dict) and set(obj) == {_NUMPY_TAG}:

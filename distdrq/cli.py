@@ -32,6 +32,17 @@ examples:
 config keys (set any as KEY=VALUE; defaults shown before task presets):
 """
 
+_LAUNCH_EXAMPLES = """\
+examples:
+  distdrq launch --actors 8                       # local single-node Ray, walker_walk
+  distdrq launch --task cheetah_run --actors 14 --shards 4 --run-dir runs/cheetah
+  distdrq launch --address 10.0.0.5:6379 --actors 32   # join a cluster (`ray start --head`)
+  distdrq launch --resume runs/cheetah            # continue: counters, replay, weights
+  distdrq launch distributed.samples_per_insert=32 # change the replay ratio
+
+config keys (set any as KEY=VALUE; defaults shown before task presets):
+"""
+
 
 def _config_reference() -> str:
     lines = []
@@ -64,17 +75,25 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog=_TRAIN_EXAMPLES + _config_reference(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    train.add_argument("--task", help="task name (default walker_walk; see `distdrq tasks`)")
-    train.add_argument("--frames", type=int, help="env frames to train for (train.frames)")
-    train.add_argument("--run-dir", help="where logs and checkpoints go (default runs/TASK-TIME)")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
-    train.add_argument("--config", metavar="FILE", help="YAML file with config sections")
-    train.add_argument("--seed", type=int, help="random seed (train.seed)")
-    train.add_argument("--device", help="learner device: auto, cpu, cuda (agent.device)")
-    train.add_argument(
-        "--plain", action="store_true", help="plain log lines instead of the live display"
+    _add_run_arguments(train)
+
+    launch = sub.add_parser(
+        "launch",
+        help="train with Ray: N env actors, sharded replay, one learner",
+        description=(
+            "Train DrQ-v2 with Ray: env actors render and push chunks to replay shards, one "
+            "learner (GPU if the cluster has one) samples, updates and broadcasts weights. "
+            "Without --address (or RAY_ADDRESS) it starts a local single-node Ray instance."
+        ),
+        epilog=_LAUNCH_EXAMPLES + _config_reference(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    launch.add_argument("--actors", type=int, help="env actors (distributed.actors, default 8)")
+    launch.add_argument("--shards", type=int, help="replay shards (distributed.shards)")
+    launch.add_argument(
+        "--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)"
+    )
+    _add_run_arguments(launch)
 
     tasks = sub.add_parser("tasks", help="list the available tasks")
     tasks.add_argument("--difficulty", choices=("easy", "medium", "hard", "toy"))
@@ -84,6 +103,20 @@ def _build_parser() -> argparse.ArgumentParser:
     config.add_argument("--config", metavar="FILE")
     config.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     return parser
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", help="task name (default walker_walk; see `distdrq tasks`)")
+    parser.add_argument("--frames", type=int, help="env frames to train for (train.frames)")
+    parser.add_argument("--run-dir", help="where logs and checkpoints go (default runs/TASK-TIME)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    parser.add_argument("--config", metavar="FILE", help="YAML file with config sections")
+    parser.add_argument("--seed", type=int, help="random seed (train.seed)")
+    parser.add_argument("--device", help="learner device: auto, cpu, cuda (agent.device)")
+    parser.add_argument(
+        "--plain", action="store_true", help="plain log lines instead of the live display"
+    )
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
 
 def _cmd_tasks(args: argparse.Namespace) -> int:
@@ -114,12 +147,18 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
         overrides.append(f"train.seed={args.seed}")
     if args.device is not None:
         overrides.append(f"agent.device={args.device}")
+    for flag, key in (("actors", "distributed.actors"), ("shards", "distributed.shards")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            if value < 1:
+                raise ConfigError(f"--{flag} {value}: must be at least 1")
+            overrides.append(f"{key}={value}")
     return overrides + list(args.overrides)
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from distdrq.progress import ProgressDisplay
-    from distdrq.trainer import CONFIG_FILE, Trainer, load_run_config
+def _resolve_run(args: argparse.Namespace) -> tuple[Config, Path]:
+    """Config and run directory of a new run, or of the run given to --resume."""
+    from distdrq.trainer import CONFIG_FILE, load_run_config
 
     if args.resume:
         if args.task or args.config or args.run_dir:
@@ -140,6 +179,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                 "or choose another --run-dir"
             )
+    return cfg, run_dir
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from distdrq.progress import ProgressDisplay
+    from distdrq.trainer import Trainer
+
+    cfg, run_dir = _resolve_run(args)
     trainer = Trainer(cfg, run_dir, resume=bool(args.resume))
     live = False if args.plain else None
     try:
@@ -147,6 +194,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
     finally:
         trainer.close()
     return 0
+
+
+def _cmd_launch(args: argparse.Namespace) -> int:
+    from distdrq.distributed.launch import launch
+    from distdrq.progress import ProgressDisplay
+
+    cfg, run_dir = _resolve_run(args)
+    live = False if args.plain else None
+    progress = ProgressDisplay(cfg.env.task, cfg.train.frames, live=live)
+    result = launch(cfg, run_dir, bool(args.resume), args.address, progress)
+    return 0 if result["reason"] in ("done", "interrupted") else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,14 +215,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from distdrq.checkpoint import CheckpointError
+    from distdrq.distributed.launch import LaunchError
 
-    handlers = {"train": _cmd_train, "tasks": _cmd_tasks, "config": _cmd_config}
+    handlers = {
+        "train": _cmd_train,
+        "launch": _cmd_launch,
+        "tasks": _cmd_tasks,
+        "config": _cmd_config,
+    }
     try:
         return handlers[args.command](args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except CheckpointError as exc:
+    except (CheckpointError, LaunchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except RuntimeError as exc:

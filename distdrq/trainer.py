@@ -115,9 +115,10 @@ class Trainer:
             discount=cfg.replay.discount,
             frame_stack=cfg.env.frame_stack,
             seed=seed,
+            codec=cfg.replay.codec,
         )
         self.sample_rng = np.random.default_rng(seed + 1)
-        self.writer = EpisodeWriter(writer_id=0, chunk_length=1)
+        self.writer = EpisodeWriter(writer_id=0, chunk_length=1, codec=cfg.replay.codec)
         self.resumed_from: Path | None = None
         self._messages: list[str] = []
         if resume:

@@ -13,6 +13,7 @@ Conventions (one episode of L transitions has L + 1 frames):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -55,6 +56,9 @@ class Chunk:
     """int64 [T], weight version of the policy that chose each action"""
     last: bool
     """True if this chunk ends the episode"""
+    encoded: Any = None
+    """EncodedFrames from the writer's FrameEncoder; when set, `frames` may be an empty array and
+    the shard stores these bytes as they are"""
 
     @property
     def num_transitions(self) -> int:

@@ -9,6 +9,7 @@ from distdrq.agent.drqv2 import (
     resolve_precision,
 )
 from distdrq.agent.networks import Actor, Critic, Encoder, TruncatedNormal, TwinQ
+from distdrq.agent.policy import Policy, policy_action
 
 __all__ = [
     "Actor",
@@ -20,6 +21,8 @@ __all__ = [
     "TwinQ",
     "batch_to_tensors",
     "make_agent",
+    "Policy",
+    "policy_action",
     "random_shifts",
     "resolve_device",
     "resolve_precision",

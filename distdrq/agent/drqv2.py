@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from distdrq.agent.augment import RandomShiftsAug
 from distdrq.agent.networks import Actor, Critic, Encoder, TruncatedNormal
+from distdrq.agent.policy import policy_action
 from distdrq.config import AgentConfig
 from distdrq.types import Batch
 
@@ -167,13 +168,8 @@ class DrQV2Agent:
         obs_t = _to_device(np.asarray(obs), self.device).unsqueeze(0)
         with self._autocast():
             mu = self.actor(self.encoder(obs_t))
-        dist = TruncatedNormal(mu, self.cfg.stddev_schedule(step))
-        if eval_mode:
-            action = dist.mean
-        else:
-            action = dist.sample(clip=None)
-            if step < self.cfg.num_expl_steps:
-                action.uniform_(-1.0, 1.0)
+        uniform = step < self.cfg.num_expl_steps
+        action = policy_action(mu, self.cfg.stddev_schedule(step), eval_mode, uniform)
         return action.float().cpu().numpy()[0]
 
     def update_critic(

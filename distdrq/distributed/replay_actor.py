@@ -71,6 +71,7 @@ class ReplayServer:
             discount=cfg.discount,
             frame_stack=frame_stack,
             seed=seed + 7919 * index,
+            codec=cfg.codec,
         )
         self.limiter = (
             RateLimiter(samples_per_insert, min_size_to_sample)
@@ -112,11 +113,17 @@ class ReplayServer:
         return True
 
     @ray.method(concurrency_group="sample")
-    def sample(self, batch_size: int, timeout: float | None = 5.0) -> ShardReply:
-        """Sample ``batch_size`` transitions once the rate limiter allows."""
+    def sample(
+        self, batch_size: int, timeout: float | None = 5.0, permit: bool = True
+    ) -> ShardReply:
+        """Sample ``batch_size`` transitions once the rate limiter allows.
+
+        ``permit`` is the reply of the run's global :class:`RateLimiterServer` (passed as an
+        ObjectRef, so Ray runs this call only after the permit is granted or refused).
+        """
         with self._lock:
             sampleable = self.shard.num_sampleable
-        if batch_size <= 0 or sampleable == 0:
+        if not permit or batch_size <= 0 or sampleable == 0:
             return ShardReply(None, sampleable)
         try:
             if not self.limiter.sample(batch_size, timeout=timeout):
@@ -212,10 +219,12 @@ def start_replay_shards(
 class ReplayClient:
     """Spreads inserts over shards (by episode) and samples uniformly over their union."""
 
-    def __init__(self, shards: list[Any], seed: int = 0) -> None:
+    def __init__(self, shards: list[Any], seed: int = 0, limiter: Any | None = None) -> None:
+        """``limiter``: the run's :class:`RateLimiterServer` handle (None: shards' own only)."""
         if not shards:
             raise ValueError("ReplayClient needs at least one replay shard")
         self.shards = list(shards)
+        self.limiter = limiter
         self._rng = np.random.default_rng(seed)
         self._sampleable = np.zeros(len(self.shards), dtype=np.int64)
         self._refreshed = 0.0
@@ -227,7 +236,15 @@ class ReplayClient:
 
     @ray.method(concurrency_group="insert")
     def insert(self, chunk: Chunk, timeout: float | None = 5.0) -> Any:
-        """Send a chunk to its shard; returns the ObjectRef of the server's bool reply."""
+        """Send a chunk to its shard; returns the ObjectRef of the server's bool reply.
+
+        With a global limiter, the chunk is sent only once the limiter admits it (False if it
+        did not within ``timeout``: send the same chunk again).
+        """
+        if self.limiter is not None and not ray.get(
+            self.limiter.insert.remote(chunk.num_transitions, timeout)
+        ):
+            return ray.put(False)
         shard = self.shards[self.shard_for(chunk.episode_key)]
         return shard.insert.remote(chunk, timeout)
 
@@ -250,8 +267,13 @@ class ReplayClient:
     def request(self, batch_size: int, timeout: float | None = 5.0) -> list[tuple[int, Any]]:
         """Start sampling one batch; returns pending (shard, ObjectRef) pairs for :meth:`collect`."""
         counts = self.split(batch_size)
+        if not counts.any():
+            return []
+        permit = True if self.limiter is None else self.limiter.sample.remote(batch_size, timeout)
         return [
-            (i, self.shards[i].sample.remote(int(n), timeout)) for i, n in enumerate(counts) if n
+            (i, self.shards[i].sample.remote(int(n), timeout, permit))
+            for i, n in enumerate(counts)
+            if n
         ]
 
     def collect(self, pending: list[tuple[int, Any]], out: Batch | None = None) -> Batch | None:
@@ -272,6 +294,69 @@ class ReplayClient:
     def stats(self) -> list[dict[str, Any]]:
         """Every shard's statistics."""
         return ray.get([s.stats.remote() for s in self.shards])
+
+
+class RateLimiterServer:
+    """The run's one samples-per-insert limiter (a threaded Ray actor).
+
+    Limiting per shard makes shards wait on each other (one blocked on samples while another is
+    blocked on inserts); one global limiter keeps exactly the configured ratio over the union.
+    Env actors ask it before inserting a chunk; the learner's sample permit is chained into
+    the shards' sample calls.
+    """
+
+    def __init__(
+        self,
+        samples_per_insert: float,
+        min_size_to_sample: int,
+        state: dict[str, int] | None = None,
+    ) -> None:
+        self.limiter = RateLimiter(samples_per_insert, min_size_to_sample)
+        if state:
+            self.limiter.load_state_dict(state)
+
+    def insert(self, transitions: int, timeout: float | None = 5.0) -> bool:
+        """Admit ``transitions`` inserted transitions (blocks up to ``timeout``)."""
+        try:
+            return self.limiter.insert(transitions, timeout=timeout)
+        except RateLimiterClosed:
+            return False
+
+    def sample(self, transitions: int, timeout: float | None = 5.0) -> bool:
+        """Admit a batch of ``transitions`` samples (blocks up to ``timeout``)."""
+        try:
+            return self.limiter.sample(transitions, timeout=timeout)
+        except RateLimiterClosed:
+            return False
+
+    def stats(self) -> dict[str, float]:
+        """Counters, measured ratio and blocked time of both sides."""
+        return dict(vars(self.limiter.stats()))
+
+    def state_dict(self) -> dict[str, int]:
+        """Counters for checkpoints."""
+        return self.limiter.state_dict()
+
+    def close(self) -> None:
+        """Release every waiter."""
+        self.limiter.close()
+
+
+def start_rate_limiter(
+    name_prefix: str,
+    samples_per_insert: float,
+    min_size_to_sample: int,
+    state: dict[str, int] | None,
+    max_waiters: int,
+) -> Any:
+    """The named global limiter actor (``<prefix>-ratelimiter``)."""
+    cls = ray.remote(RateLimiterServer)
+    return cls.options(
+        name=f"{name_prefix}-ratelimiter",
+        num_cpus=0,
+        max_restarts=-1,
+        max_concurrency=max_waiters,
+    ).remote(samples_per_insert, min_size_to_sample, state)
 
 
 def concatenate_batches(parts: list[Batch], out: Batch | None = None) -> Batch:

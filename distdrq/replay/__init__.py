@@ -1,10 +1,22 @@
 """Replay: frame-once episode storage with n-step sampling, and the writer that feeds it."""
 
-from distdrq.replay.shard import FrameStore, RawFrameStore, ReplayShard, drqv2_bytes_per_transition
+from distdrq.replay.codec import CODECS, DEFAULT_CODEC, EncodedFrames, FrameEncoder
+from distdrq.replay.shard import (
+    EncodedFrameStore,
+    FrameStore,
+    RawFrameStore,
+    ReplayShard,
+    drqv2_bytes_per_transition,
+)
 from distdrq.replay.writer import EpisodeWriter
 
 __all__ = [
+    "CODECS",
+    "DEFAULT_CODEC",
+    "EncodedFrameStore",
+    "EncodedFrames",
     "EpisodeWriter",
+    "FrameEncoder",
     "FrameStore",
     "RawFrameStore",
     "ReplayShard",

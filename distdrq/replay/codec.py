@@ -142,8 +142,8 @@ class EncodedFrames:
     frame_shape: tuple[int, int, int]
     first_frame: int
     """index within the episode of the first frame here"""
-    payload: bytes
-    """the frames' compressed bytes, concatenated"""
+    payload: bytes | np.ndarray
+    """the frames' compressed bytes, concatenated (bytes, or a contiguous uint8 array)"""
     sizes: np.ndarray
     """int64 [F], bytes of each frame in ``payload``"""
 
@@ -156,7 +156,7 @@ class EncodedFrames:
                 "codec": self.codec,
                 "shape": list(self.frame_shape),
                 "first": self.first_frame,
-                "payload": self.payload,
+                "payload": bytes(self.payload),
                 "sizes": self.sizes.astype("<u4").tobytes(),
             },
             use_bin_type=True,
@@ -182,6 +182,36 @@ class FrameEncoder:
         self.frame_shape = tuple(int(s) for s in frame_shape)
         self._count = 0
         self._window: dict[int, np.ndarray] = {}  # recent original frames, as planes
+
+    @property
+    def frames_encoded(self) -> int:
+        """Frames of this episode encoded so far (the next frame's index)."""
+        return self._count
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the recent frames kept as references (at most ``group`` frames)."""
+        return int(sum(plane.nbytes for plane in self._window.values()))
+
+    def resume(self, first_frame: int, previous: np.ndarray) -> None:
+        """Continue an episode whose frames before ``first_frame`` were encoded elsewhere.
+
+        ``previous`` holds (at least) the last ``min(group, first_frame)`` original frames
+        before ``first_frame``, uint8 ``[P, C, H, W]``, oldest first: the references that
+        the next frames may use.
+        """
+        previous = np.asarray(previous)
+        want = min(self.spec.group, int(first_frame))
+        if previous.dtype != np.uint8 or tuple(previous.shape[1:]) != self.frame_shape:
+            raise ValueError(f"previous frames must be uint8 [P, {self.frame_shape}]")
+        if len(previous) < want:
+            raise ValueError(f"resume at frame {first_frame} needs the last {want} frames")
+        self._count = int(first_frame)
+        self._window = {}
+        if self.spec.structure != "raw" and want:
+            planes = _to_planes(previous[len(previous) - want :])
+            for i, plane in enumerate(planes):
+                self._window[first_frame - want + i] = plane
 
     def encode(self, frames: np.ndarray) -> EncodedFrames:
         """Encode the next ``frames`` (uint8 ``[F, C, H, W]``) of this episode."""
@@ -267,6 +297,16 @@ class EpisodeFrames:
         self.size = np.concatenate([self.size, sizes])
         self._payload_bytes += payload.size
 
+    def payload_and_sizes(self) -> tuple[np.ndarray, np.ndarray]:
+        """All frames' bytes as one uint8 array (a view when one chunk holds them all, else a
+        copy) and int64 sizes per frame: with ``first_frame=0`` they form one
+        :class:`EncodedFrames` that rebuilds this episode."""
+        if len(self._payloads) == 1:
+            return self._payloads[0], self.size
+        if not self._payloads:
+            return np.zeros(0, np.uint8), self.size
+        return np.concatenate(self._payloads), self.size
+
     def chunks(self) -> list[EncodedFrames]:
         """What was appended, in order (for snapshots: re-append to rebuild)."""
         return list(self._chunks)
@@ -333,6 +373,7 @@ def _reconstruct_numpy(
 
 
 _reconstruct = _reconstruct_numpy
+_reconstruct_into: Any = None  # the numba kernel that decodes straight into output arrays
 try:  # numba fuses decompression, channel transform and reference add: one pass per frame
     import numba as _numba
 
@@ -367,41 +408,80 @@ try:  # numba fuses decompression, channel transform and reference add: one pass
             raise ValueError("corrupt LZ4 frame in replay")
 
     _reconstruct = _reconstruct_numba
+
+    @_numba.njit(nogil=True)
+    def _row(a, b, s, w, r):  # pragma: no cover - jitted
+        if w == 0:
+            return a[r]
+        if w == 1:
+            return b[r]
+        return s[r]
+
+    @_numba.njit(nogil=True)
+    def _reconstruct_into_kernel(
+        src, size, home_w, home_r, ref_w, ref_r, dup_w, dup_r, dsrc_w, dsrc_r, a, b, s, rgb
+    ):  # pragma: no cover - jitted
+        width = a.shape[1]
+        plane = width // 3
+        for i in range(src.size):
+            p = _row(a, b, s, home_w[i], home_r[i])
+            if _lz4_ptr(src[i], p.ctypes.data, size[i], width) != width:
+                return i
+            if rgb:
+                for j in range(plane):
+                    g = p[plane + j]
+                    p[j] += g
+                    p[2 * plane + j] += g
+            if ref_w[i] >= 0:
+                q = _row(a, b, s, ref_w[i], ref_r[i])
+                for j in range(width):
+                    p[j] += q[j]
+        for i in range(dup_w.size):
+            p = _row(a, b, s, dup_w[i], dup_r[i])
+            q = _row(a, b, s, dsrc_w[i], dsrc_r[i])
+            for j in range(width):
+                p[j] = q[j]
+        return -1
+
+    _reconstruct_into = _reconstruct_into_kernel
 except ImportError:  # pragma: no cover - numba is optional
     pass
 
 
-def decode_windows(
-    episodes: list[EpisodeFrames], episode_idx: np.ndarray, frame_idx: np.ndarray
-) -> np.ndarray:
-    """Decode ``frame_idx[b]`` of ``episodes[episode_idx[b]]`` for every row ``b``.
+@dataclass
+class _Plan:
+    """What :func:`decode_windows` decodes: LZ4 items in reference order, each with a *home*
+    row (virtual rows ``0 .. nrows - 1`` are the output ``[B * W]``, later ones scratch)."""
 
-    ``frame_idx`` is int ``[B, W]`` (typically W consecutive, clamped frames); the result is
-    uint8 ``[B, W, C, H, W]``. All episodes must share codec and frame shape. Indices are
-    not bounds-checked here (the sampler's job); :meth:`EpisodeFrames.decode` checks them.
-    """
-    episode_idx = np.asarray(episode_idx, dtype=np.int64).reshape(-1)
-    frame_idx = np.asarray(frame_idx, dtype=np.int64)
+    spec: CodecSpec
+    shape: tuple[int, ...]
+    frame_bytes: int
+    nrows: int
+    nscratch: int
+    src: np.ndarray
+    size: np.ndarray
+    home: np.ndarray
+    ref_home: np.ndarray
+    dup: np.ndarray
+    """output rows that copy another output row (the same frame twice in a window)"""
+    dup_src: np.ndarray
+
+
+def _plan(
+    episodes: list[EpisodeFrames], episode_idx: np.ndarray, frame_idx: np.ndarray
+) -> tuple[_Plan | None, np.ndarray, np.ndarray]:
+    """The plan (None for raw storage or an empty batch), the frames' global addresses and
+    sizes (raw storage) and the frame indices in the concatenated tables."""
     nb, nw = frame_idx.shape
-    first = episodes[int(episode_idx[0])] if nb else None
-    shape = first.frame_shape if first is not None else (0, 0, 0)
-    out = np.empty((nb, nw, *shape), np.uint8)
-    if nb == 0 or nw == 0:
-        return out
+    first = episodes[int(episode_idx[0])]
     spec, fb = first.spec, first.frame_bytes
     uniq, inv = np.unique(episode_idx, return_inverse=True)
     tables = [episodes[int(u)] for u in uniq]
     base = np.concatenate([[0], np.cumsum([len(e) for e in tables])[:-1]])[inv]
     addr = np.concatenate([e.addr for e in tables])
     size = np.concatenate([e.size for e in tables])
-
     if spec.structure == "raw":
-        flat = out.reshape(nb * nw, fb)
-        src = addr[(base[:, None] + frame_idx).reshape(-1)].tolist()
-        dst = flat.ctypes.data
-        for i, a in enumerate(src):
-            ctypes.memmove(dst + i * fb, a, fb)
-        return out
+        return None, addr, (base[:, None] + frame_idx).reshape(-1)
 
     # closure of every window: its frames and their reference ancestors, all >= lo[b]
     lo = frame_idx.min(axis=1)
@@ -429,14 +509,142 @@ def decode_windows(
     np.minimum.at(home, pos, np.arange(nrows))
     scratch = np.flatnonzero(home == nrows)
     home[scratch] = nrows + np.arange(scratch.size)
-    buf = np.empty((nrows + scratch.size, fb), np.uint8)
     ref_t = spec.refs(item_t)
     ref_home = np.where(
         ref_t >= 0, home[rowmap[item_b, np.where(ref_t >= 0, ref_t, item_t) - lo[item_b]]], -1
     )
     glob = base[item_b] + item_t
-    _reconstruct(addr[glob], size[glob], home, ref_home, buf, shape[0] == 3)
     dup = np.flatnonzero(home[pos] != np.arange(nrows))
-    if dup.size:
-        buf[dup] = buf[home[pos[dup]]]
-    return buf[:nrows].reshape(out.shape)
+    plan = _Plan(
+        spec=spec,
+        shape=first.frame_shape,
+        frame_bytes=fb,
+        nrows=nrows,
+        nscratch=int(scratch.size),
+        src=addr[glob],
+        size=size[glob],
+        home=home,
+        ref_home=ref_home,
+        dup=dup,
+        dup_src=home[pos[dup]],
+    )
+    return plan, addr, glob
+
+
+def decode_windows(
+    episodes: list[EpisodeFrames], episode_idx: np.ndarray, frame_idx: np.ndarray
+) -> np.ndarray:
+    """Decode ``frame_idx[b]`` of ``episodes[episode_idx[b]]`` for every row ``b``.
+
+    ``frame_idx`` is int ``[B, W]`` (typically W consecutive, clamped frames); the result is
+    uint8 ``[B, W, C, H, W]``. All episodes must share codec and frame shape. Indices are
+    not bounds-checked here (the sampler's job); :meth:`EpisodeFrames.decode` checks them.
+    """
+    episode_idx = np.asarray(episode_idx, dtype=np.int64).reshape(-1)
+    frame_idx = np.asarray(frame_idx, dtype=np.int64)
+    nb, nw = frame_idx.shape
+    first = episodes[int(episode_idx[0])] if nb else None
+    shape = first.frame_shape if first is not None else (0, 0, 0)
+    out = np.empty((nb, nw, *shape), np.uint8)
+    if nb == 0 or nw == 0:
+        return out
+    plan, addr, glob = _plan(episodes, episode_idx, frame_idx)
+    if plan is None:  # raw storage: copy the bytes
+        fb = first.frame_bytes
+        flat = out.reshape(nb * nw, fb)
+        dst = flat.ctypes.data
+        for i, a in enumerate(addr[glob].tolist()):
+            ctypes.memmove(dst + i * fb, a, fb)
+        return out
+    buf = np.empty((plan.nrows + plan.nscratch, plan.frame_bytes), np.uint8)
+    _reconstruct(plan.src, plan.size, plan.home, plan.ref_home, buf, shape[0] == 3)
+    if plan.dup.size:
+        buf[plan.dup] = buf[plan.dup_src]
+    return buf[: plan.nrows].reshape(out.shape)
+
+
+def decode_windows_into(
+    episodes: list[EpisodeFrames],
+    episode_idx: np.ndarray,
+    frame_idx: np.ndarray,
+    outs: tuple[np.ndarray, ...],
+    scratch: np.ndarray | None = None,
+) -> np.ndarray | None:
+    """:func:`decode_windows` straight into caller-owned arrays (no output allocation or copy).
+
+    ``outs`` are one or two C-contiguous uint8 arrays of ``B * w_i`` frames each (for example
+    ``obs`` and ``next_obs`` of a batch, ``[B, k * C, H, W]``) with ``sum(w_i) == W``: columns
+    ``0 .. w_0 - 1`` of ``frame_idx`` fill ``outs[0]`` (``[B, w_0, C, H, W]`` in C order), the
+    next ``w_1`` columns ``outs[1]``. ``scratch`` is an optional uint8 work array for the
+    reference frames outside the windows, reused when big enough; the scratch array used is
+    returned so that the caller can pass it again (None if none was needed).
+    """
+    episode_idx = np.asarray(episode_idx, dtype=np.int64).reshape(-1)
+    frame_idx = np.asarray(frame_idx, dtype=np.int64)
+    nb, nw = frame_idx.shape
+    if not 1 <= len(outs) <= 2:
+        raise ValueError(f"decode_windows_into takes one or two output arrays, got {len(outs)}")
+    if nb == 0 or nw == 0:
+        return scratch
+    fb = episodes[int(episode_idx[0])].frame_bytes
+    widths = []
+    for out in outs:
+        if out.dtype != np.uint8 or not out.flags.c_contiguous or out.size % (nb * fb):
+            raise ValueError("outputs must be C-contiguous uint8 arrays of B * w frames")
+        widths.append(out.size // (nb * fb))
+    if sum(widths) != nw:
+        raise ValueError(f"outputs hold {sum(widths)} frames per window, frame_idx has {nw}")
+    plan, _, _ = _plan(episodes, episode_idx, frame_idx)
+    if plan is None or _reconstruct_into is None or _reconstruct is not _reconstruct_numba:
+        # raw storage, no numba, or a test's reconstructor: decode, then copy
+        frames = decode_windows(episodes, episode_idx, frame_idx)
+        start = 0
+        for out, width in zip(outs, widths, strict=True):
+            out.reshape(nb, width, fb)[...] = frames[:, start : start + width].reshape(
+                nb, width, fb
+            )
+            start += width
+        return scratch
+    # virtual row -> (array, row): outputs 0 and 1, scratch 2
+    width_arr = np.array(widths)
+    col_w = np.repeat(np.arange(len(outs)), widths)
+    col_off = np.arange(nw) - np.repeat(np.cumsum(width_arr) - width_arr, widths)
+    col_width = width_arr[col_w]
+
+    def locate(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        in_scratch = rows >= plan.nrows
+        b, j = np.divmod(np.clip(rows, 0, plan.nrows - 1), nw)
+        where = np.where(in_scratch, 2, col_w[j])
+        row = np.where(in_scratch, rows - plan.nrows, b * col_width[j] + col_off[j])
+        return np.where(rows < 0, -1, where), row
+
+    need = plan.nscratch * fb
+    if need and (scratch is None or scratch.size < need):
+        scratch = np.empty(max(need, 2 * (scratch.size if scratch is not None else 0)), np.uint8)
+    work = scratch[:need] if scratch is not None else np.empty(0, np.uint8)
+    arrays = [out.reshape(-1, fb) for out in outs]
+    if len(arrays) == 1:
+        arrays.append(np.empty((0, fb), np.uint8))
+    home_w, home_r = locate(plan.home)
+    ref_w, ref_r = locate(plan.ref_home)
+    dup_w, dup_r = locate(plan.dup)
+    dsrc_w, dsrc_r = locate(plan.dup_src)
+    failed = _reconstruct_into(
+        plan.src,
+        plan.size,
+        home_w,
+        home_r,
+        ref_w,
+        ref_r,
+        dup_w,
+        dup_r,
+        dsrc_w,
+        dsrc_r,
+        arrays[0],
+        arrays[1],
+        work.reshape(-1, fb),
+        plan.shape[0] == 3,
+    )
+    if failed >= 0:
+        raise ValueError("corrupt LZ4 frame in replay")
+    return scratch

@@ -4,8 +4,10 @@ Index conventions are those of :mod:`distdrq.types`. An episode with ``T`` trans
 far has ``T + 1`` frames and ``max(0, T - nstep + 1)`` valid sample starts ``0 <= t <= T - nstep``;
 sampling is uniform over all valid ``(episode, t)`` pairs of all episodes, finished or not.
 
-Frames live behind :class:`FrameStore` (append frames, gather frames by index) so that a
-compressed codec can replace :class:`RawFrameStore` without touching sampling.
+Frames live behind :class:`FrameStore` (append frames, gather frames by index):
+:class:`RawFrameStore` for ``codec="raw"``, :class:`EncodedFrameStore` for the lossless codecs of
+:mod:`distdrq.replay.codec`, whose episodes are decoded together at sample time by
+:func:`~distdrq.replay.codec.decode_windows` (one vectorised call per batch).
 """
 
 from __future__ import annotations
@@ -15,6 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from distdrq.replay.codec import (
+    DEFAULT_CODEC,
+    EncodedFrames,
+    EpisodeFrames,
+    FrameEncoder,
+    codec_spec,
+    decode_windows,
+    decode_windows_into,
+)
 from distdrq.types import Batch, Chunk
 
 _U32 = (1 << 32) - 1
@@ -44,7 +55,7 @@ def _grown(array: np.ndarray, used: int, needed: int) -> np.ndarray:
 
 
 class FrameStore(abc.ABC):
-    """The frames of one episode, in order; codecs subclass this (raw only for now)."""
+    """The frames of one episode, in order; one subclass per storage (raw, encoded)."""
 
     @abc.abstractmethod
     def append(self, frames: np.ndarray) -> None:
@@ -121,6 +132,94 @@ class RawFrameStore(FrameStore):
         return store
 
 
+class EncodedFrameStore(FrameStore):
+    """Frames compressed by a codec of :mod:`distdrq.replay.codec`, held as
+    :class:`~distdrq.replay.codec.EpisodeFrames`.
+
+    Encoded chunks (from the actor's :class:`~distdrq.replay.codec.FrameEncoder`) are stored as
+    they are (:meth:`append_encoded`); raw frames (:meth:`append`) are encoded here first, by an
+    encoder kept until the episode ends. When the episode ends its chunks are joined into one
+    payload (no per-chunk objects for finished episodes).
+    """
+
+    def __init__(self, codec: str, frame_shape: tuple[int, ...]) -> None:
+        self.codec = codec
+        self.episode = EpisodeFrames(codec, frame_shape)
+        self._encoder: FrameEncoder | None = None
+
+    def append(self, frames: np.ndarray) -> None:
+        if not len(frames):
+            return
+        count = len(self.episode)
+        if self._encoder is None or self._encoder.frames_encoded != count:
+            # the frames so far came encoded: pick up their references
+            self._encoder = FrameEncoder(self.codec, self.episode.frame_shape)
+            if count:
+                group = self._encoder.spec.group
+                previous = self.episode.decode(np.arange(max(0, count - group), count))
+                self._encoder.resume(count, previous)
+        self.episode.append(self._encoder.encode(frames))
+
+    def append_encoded(self, encoded: EncodedFrames) -> None:
+        """Store frames encoded elsewhere (codec, shape and first frame checked by the caller)."""
+        self._encoder = None
+        self.episode.append(encoded)
+
+    def gather(self, indices: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        indices = np.asarray(indices, np.int64)
+        flat = indices.reshape(1, -1)
+        frames = decode_windows([self.episode], np.zeros(1, np.int64), flat)
+        frames = frames.reshape(*indices.shape, *self.episode.frame_shape)
+        if out is None:
+            return frames
+        out[...] = frames
+        return out
+
+    def __len__(self) -> int:
+        return len(self.episode)
+
+    @property
+    def nbytes(self) -> int:
+        encoder = self._encoder.nbytes if self._encoder is not None else 0
+        return int(self.episode.nbytes() + encoder)
+
+    def finalize(self) -> None:
+        self._encoder = None
+        if len(self.episode.chunks()) > 1:
+            self.episode = self._rebuilt(*self.episode.payload_and_sizes())
+
+    def _rebuilt(self, payload: np.ndarray, sizes: np.ndarray) -> EpisodeFrames:
+        episode = EpisodeFrames(self.codec, self.episode.frame_shape)
+        if len(sizes):
+            episode.append(
+                EncodedFrames(self.codec, episode.frame_shape, 0, payload, np.asarray(sizes))
+            )
+        return episode
+
+    def state(self) -> dict[str, np.ndarray]:
+        """``frames.payload`` (uint8, the compressed bytes) and ``frames.sizes`` (int64 bytes
+        per frame); a view of the stored bytes once the episode has ended."""
+        payload, sizes = self.episode.payload_and_sizes()
+        return {"frames.payload": payload, "frames.sizes": sizes}
+
+    @classmethod
+    def from_state(
+        cls, state: dict[str, Any], frame_shape: tuple[int, ...], codec: str = DEFAULT_CODEC
+    ) -> EncodedFrameStore:
+        payload = np.ascontiguousarray(state["frames.payload"])
+        sizes = np.asarray(state["frames.sizes"], np.int64)
+        if payload.dtype != np.uint8 or payload.ndim != 1 or sizes.ndim != 1:
+            raise ValueError(
+                f"stored frames are {payload.dtype} {payload.shape} with sizes {sizes.shape}, "
+                "expected a uint8 payload [N] and sizes [F]"
+            )
+        if int(sizes.sum()) != payload.size or (sizes.size and sizes.min() <= 0):
+            raise ValueError("stored frame sizes do not add up to the stored payload")
+        store = cls(codec, frame_shape)
+        store.episode = store._rebuilt(payload, sizes)
+        return store
+
+
 class _Episode:
     """One episode's frames, per-transition data and bookkeeping.
 
@@ -141,7 +240,9 @@ class _Episode:
         self.length = 0
         self.ended = False
 
-    def append(self, chunk: Chunk) -> None:
+    def append(self, chunk: Chunk, encoded: EncodedFrames | None = None) -> None:
+        """Append a chunk; its frames are ``encoded`` if given (an EncodedFrameStore), else
+        ``chunk.frames``."""
         start, stop = self.length, self.length + chunk.num_transitions
         self.floats = _grown(self.floats, start, stop)
         self.floats[start:stop, :-2] = chunk.actions
@@ -149,7 +250,11 @@ class _Episode:
         self.floats[start:stop, -1] = chunk.discounts
         self.versions = _grown(self.versions, start, stop)
         self.versions[start:stop] = chunk.versions
-        self.frames.append(chunk.frames)
+        if encoded is not None:
+            assert isinstance(self.frames, EncodedFrameStore)
+            self.frames.append_encoded(encoded)
+        else:
+            self.frames.append(chunk.frames)
         self.length = stop
         self.ended = bool(chunk.last)
         if self.ended:
@@ -213,11 +318,26 @@ class ReplayShard:
     Samples of a batch come out grouped by episode (oldest first) and ordered by step: a batch is
     a sorted multiset of independent uniform draws, which lets frames be copied straight into the
     output. Shuffle it if you split it into correlated parts.
+
+    ``codec`` is a name from :data:`distdrq.replay.codec.CODECS`. ``"raw"`` stores frames
+    uncompressed (:class:`RawFrameStore`); any other codec stores them compressed
+    (:class:`EncodedFrameStore`) and decodes a batch's frame windows in one
+    :func:`~distdrq.replay.codec.decode_windows` call. Sampling is bit-exact across codecs: the
+    same chunks and generator give the same batches. A compressed shard stores chunks whose
+    ``encoded`` frames (see :class:`~distdrq.types.Chunk`) use its codec as they are, and encodes
+    the ``frames`` of chunks without ``encoded`` itself.
     """
 
     def __init__(
-        self, capacity: int, nstep: int, discount: float, frame_stack: int, seed: int = 0
+        self,
+        capacity: int,
+        nstep: int,
+        discount: float,
+        frame_stack: int,
+        seed: int = 0,
+        codec: str = "raw",
     ) -> None:
+        codec_spec(codec)  # ValueError naming the choices
         if capacity <= 0 or nstep <= 0 or frame_stack <= 0:
             raise ValueError(
                 f"capacity={capacity}, nstep={nstep} and frame_stack={frame_stack} must be > 0"
@@ -228,6 +348,8 @@ class ReplayShard:
         self.nstep = int(nstep)
         self.discount = float(discount)
         self.frame_stack = int(frame_stack)
+        self.codec = codec
+        self._scratch: np.ndarray | None = None  # decode work space, reused across batches
         self._rng = np.random.default_rng(seed)
         self._clear()
 
@@ -249,35 +371,55 @@ class ReplayShard:
     def insert(self, chunk: Chunk) -> None:
         """Store a chunk (a whole or partial episode), then evict down to capacity.
 
+        Frames: a compressed shard stores ``chunk.encoded`` when it is set (ignoring
+        ``chunk.frames``), else encodes ``chunk.frames``. A raw shard stores ``chunk.frames``; it
+        rejects a chunk whose ``encoded`` is set and whose ``frames`` are empty (decoding a
+        partial episode would need the references it does not keep): build it with the writer's
+        codec, or have the writer use ``codec="raw"``.
+
         Raises :class:`ValueError`, storing nothing, if the chunk's episode was evicted or has
         ended, if ``first_step`` is not the number of transitions already stored for its episode,
         or if array shapes or dtypes disagree with :class:`~distdrq.types.Chunk` or with earlier
         chunks (dtypes must match exactly: frames uint8, actions/rewards/discounts float32,
-        versions int64).
+        versions int64), or if encoded frames have another codec, frame shape, first frame or
+        frame count than this shard and the episode call for.
         """
         key = int(chunk.episode_key)
         episode = self._episodes.get(key)
-        self._validate(chunk, key, episode)
+        encoded = chunk.encoded if self.codec != "raw" else None
+        self._validate(chunk, key, episode, encoded)
         if episode is None:
-            frame_shape = tuple(chunk.frames.shape[1:])
+            if encoded is not None:
+                frame_shape = tuple(int(x) for x in encoded.frame_shape)
+            else:
+                frame_shape = tuple(chunk.frames.shape[1:])
             if self._frame_shape is None:
                 self._frame_shape = frame_shape
                 self._action_dim = int(chunk.actions.shape[1])
             size = chunk.num_transitions
             episode = _Episode(
-                key, len(self._slots), RawFrameStore(frame_shape, size + 1), self._action_dim, size
+                key, len(self._slots), self._new_store(size + 1), self._action_dim, size
             )
             self._episodes[key] = episode
             self._slots.append(episode)
             self._valid = _grown(self._valid, len(self._slots) - 1, len(self._slots))
-        episode.append(chunk)
+        frames_before = len(episode.frames)
+        episode.append(chunk, encoded)
         self._transitions += chunk.num_transitions
-        self._num_frames += len(chunk.frames)
+        self._num_frames += len(episode.frames) - frames_before
         self._valid[episode.slot] = max(0, episode.length - self.nstep + 1)
         self._cumulative = None
         self._evict(keep=episode)
 
-    def _validate(self, chunk: Chunk, key: int, episode: _Episode | None) -> None:
+    def _new_store(self, capacity: int) -> FrameStore:
+        assert self._frame_shape is not None
+        if self.codec == "raw":
+            return RawFrameStore(self._frame_shape, capacity)
+        return EncodedFrameStore(self.codec, self._frame_shape)
+
+    def _validate(
+        self, chunk: Chunk, key: int, episode: _Episode | None, encoded: EncodedFrames | None
+    ) -> None:
         if key in self._evicted:
             raise ValueError(f"episode {key} was evicted from replay; it cannot receive chunks")
         if episode is not None and episode.ended:
@@ -314,7 +456,17 @@ class ReplayShard:
             raise ValueError(
                 f"episode {key}: chunk actions have shape {actions.shape}, expected {want}"
             )
+        want_frames = size + (1 if episode is None else 0)
+        if encoded is not None:
+            self._validate_encoded(encoded, key, expected, episode, want_frames)
+            return
         frames = chunk.frames
+        if chunk.encoded is not None and isinstance(frames, np.ndarray) and not len(frames):
+            raise ValueError(
+                f"episode {key}: chunk holds only {chunk.encoded.codec!r}-encoded frames and this "
+                "replay stores raw frames; build ReplayShard(codec=...) with the writer's codec "
+                "or use EpisodeWriter(codec='raw')"
+            )
         if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4:
             found = (
                 f"{frames.dtype} {frames.shape}" if isinstance(frames, np.ndarray) else type(frames)
@@ -324,12 +476,57 @@ class ReplayShard:
             raise ValueError(
                 f"episode {key}: frames have shape {frames.shape[1:]}, this replay stores {self._frame_shape}"
             )
-        want_frames = size + (1 if episode is None else 0)
         if len(frames) != want_frames:
             what = "transitions + 1 (the reset frame)" if episode is None else "transitions"
             raise ValueError(
                 f"episode {key}: chunk from step {expected} with {size} transitions has "
                 f"{len(frames)} frames, expected {want_frames} ({what})"
+            )
+
+    def _validate_encoded(
+        self,
+        encoded: EncodedFrames,
+        key: int,
+        expected: int,
+        episode: _Episode | None,
+        want_frames: int,
+    ) -> None:
+        chunk_size = want_frames - (1 if episode is None else 0)
+        if not isinstance(encoded, EncodedFrames):
+            raise ValueError(
+                f"episode {key}: chunk.encoded must be EncodedFrames, got {type(encoded).__name__}"
+            )
+        if encoded.codec != self.codec:
+            raise ValueError(
+                f"episode {key}: chunk frames are encoded with {encoded.codec!r}, this replay "
+                f"stores {self.codec!r}"
+            )
+        shape = tuple(int(x) for x in encoded.frame_shape)
+        if len(shape) != 3 or (self._frame_shape is not None and shape != self._frame_shape):
+            want = self._frame_shape if self._frame_shape is not None else "[C, H, W]"
+            raise ValueError(
+                f"episode {key}: encoded frames have shape {shape}, this replay stores {want}"
+            )
+        first_frame = 0 if episode is None else len(episode.frames)
+        if encoded.first_frame != first_frame:
+            raise ValueError(
+                f"episode {key}: encoded frames start at frame {encoded.first_frame}, expected "
+                f"frame {first_frame}"
+            )
+        sizes = encoded.sizes
+        if not isinstance(sizes, np.ndarray) or sizes.ndim != 1 or sizes.dtype.kind not in "iu":
+            raise ValueError(f"episode {key}: encoded sizes must be a 1-d integer array")
+        if len(encoded) != want_frames:
+            what = "transitions + 1 (the reset frame)" if episode is None else "transitions"
+            raise ValueError(
+                f"episode {key}: chunk from step {expected} with {chunk_size} "
+                f"transitions has {len(encoded)} encoded frames, expected {want_frames} ({what})"
+            )
+        payload_size = memoryview(encoded.payload).nbytes
+        if int(sizes.sum()) != payload_size or (sizes.size and int(sizes.min()) <= 0):
+            raise ValueError(
+                f"episode {key}: encoded frame sizes add up to {int(sizes.sum())} bytes, the "
+                f"payload holds {payload_size}"
             )
 
     def _evict(self, keep: _Episode | None) -> None:
@@ -462,15 +659,19 @@ class ReplayShard:
         obs_split = batch.obs.reshape(size, k, *frame_shape)
         next_split = batch.next_obs.reshape(size, k, *frame_shape)
 
-        # gather, one episode at a time
+        # gather, one episode at a time (compressed frames: decoded below, all episodes at once)
+        raw = self.codec == "raw"
         bounds = (np.flatnonzero(slots[1:] != slots[:-1]) + 1).tolist()
         for start, stop in zip([0, *bounds], [*bounds, size], strict=True):
             episode = self._slots[int(slots[start])]
             assert episode is not None
-            episode.frames.gather(obs_frames[start:stop], out=obs_split[start:stop])
-            episode.frames.gather(next_frames[start:stop], out=next_split[start:stop])
+            if raw:
+                episode.frames.gather(obs_frames[start:stop], out=obs_split[start:stop])
+                episode.frames.gather(next_frames[start:stop], out=next_split[start:stop])
             np.take(episode.floats, window[start:stop], axis=0, out=floats[start:stop], mode="clip")
             np.take(episode.versions, steps[start:stop], out=batch.version[start:stop], mode="clip")
+        if not raw:
+            self._decode_frames(slots, steps, obs_split, next_split)
         batch.action[...] = floats[:, 0, :-2]
         rewards, discounts = floats[:, :, -2], floats[:, :, -1]
 
@@ -484,6 +685,22 @@ class ReplayShard:
             discount *= gamma * discounts[:, j]
         return batch
 
+    def _decode_frames(
+        self, slots: np.ndarray, steps: np.ndarray, obs: np.ndarray, next_obs: np.ndarray
+    ) -> None:
+        """Decode the frames of ``obs`` and ``next_obs`` (``[B, k, C, H, W]`` each) of every
+        sample straight into them, in one :func:`decode_windows_into` call."""
+        k, n = self.frame_stack, self.nstep
+        uniq, local = np.unique(slots, return_inverse=True)
+        tables = []
+        for slot in uniq.tolist():
+            episode = self._slots[slot]
+            assert episode is not None and isinstance(episode.frames, EncodedFrameStore)
+            tables.append(episode.frames.episode)
+        offsets = np.concatenate([np.arange(1 - k, 1), np.arange(n + 1 - k, n + 1)])
+        windows = np.maximum(steps[:, None] + offsets, 0)
+        self._scratch = decode_windows_into(tables, local, windows, (obs, next_obs), self._scratch)
+
     # -----------------------------------------------------------------------------------------
     # stats and checkpoints
 
@@ -492,7 +709,10 @@ class ReplayShard:
 
         ``stored_bytes`` counts the ``.nbytes`` of every array held (frames, actions, rewards,
         discounts, versions, growth slack of unfinished episodes included, plus the slot index);
-        Python object overhead (a few hundred bytes per episode) is not counted.
+        Python object overhead (a few hundred bytes per episode) is not counted. For a compressed
+        shard, frames count as their compressed payload plus a 16 B per-frame index, plus the
+        reference frames an unfinished episode's encoder keeps when the shard encodes raw
+        chunks itself; the reused decode work space of :meth:`sample` is not counted.
         ``ratio_vs_drqv2`` is :func:`drqv2_bytes_per_transition` over ``bytes_per_transition``.
         """
         stored = sum(episode.nbytes for episode in self._episodes.values()) + self._valid.nbytes
@@ -514,14 +734,16 @@ class ReplayShard:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to restore the shard: numpy arrays, ints, floats, strings, lists.
 
-        Per-episode arrays are views of the live buffer (no copy): they stay valid while the
-        shard keeps running, but do not modify them. Keys: ``episode.{i}.{name}`` for the i-th
-        stored episode (oldest first) and names ``frames``, ``actions``, ``rewards``,
-        ``discounts``, ``versions``.
+        Per-episode arrays are views of the live buffer (no copy; for a compressed shard, the
+        payload of an unfinished episode is a joined copy): they stay valid while the shard keeps
+        running, but do not modify them. Keys: ``episode.{i}.{name}`` for the i-th stored episode
+        (oldest first) and names ``actions``, ``rewards``, ``discounts``, ``versions`` and the
+        frames: ``frames`` (raw) or ``frames.payload`` and ``frames.sizes`` (compressed: the
+        codec's bytes as stored, never decoded frames). ``codec`` names the codec.
         """
         episodes = list(self._episodes.values())
         state: dict[str, Any] = {
-            "codec": "raw",
+            "codec": self.codec,
             "capacity": self.capacity,
             "nstep": self.nstep,
             "discount": self.discount,
@@ -546,9 +768,9 @@ class ReplayShard:
         Sampling uses this shard's ``nstep``, ``discount`` and ``frame_stack``; if the state holds
         more than this shard's capacity, the oldest episodes are evicted.
         """
-        if state.get("codec") != "raw":
+        if state.get("codec") != self.codec:
             raise ValueError(
-                f"replay state has codec {state.get('codec')!r}; this shard stores 'raw'"
+                f"replay state has codec {state.get('codec')!r}; this shard stores {self.codec!r}"
             )
         self._clear()
         frame_shape = tuple(int(x) for x in state["frame_shape"])
@@ -564,7 +786,11 @@ class ReplayShard:
                 per_episode.setdefault(int(index), {})[field] = value
         for i, (key, is_ended) in enumerate(zip(keys, ended, strict=True)):
             arrays = per_episode[i]
-            frames = RawFrameStore.from_state(arrays, self._frame_shape or ())
+            frames: FrameStore
+            if self.codec == "raw":
+                frames = RawFrameStore.from_state(arrays, self._frame_shape or ())
+            else:
+                frames = EncodedFrameStore.from_state(arrays, self._frame_shape or (), self.codec)
             episode = _Episode.from_arrays(key, len(self._slots), frames, arrays, bool(is_ended))
             if episode.floats.shape[1] != (self._action_dim or 0) + 2:
                 raise ValueError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from distdrq.replay.codec import FrameEncoder, codec_spec
 from distdrq.types import Chunk
 
 _MAX_WRITER_ID = (1 << 31) - 1
@@ -15,17 +16,25 @@ class EpisodeWriter:
 
     Episode keys are ``writer_id << 32 | episode_index``, unique across writers with distinct
     ids. Incoming arrays are copied, so the env may reuse its buffers.
+
+    With a ``codec`` other than ``"raw"`` (a name from :data:`distdrq.replay.codec.CODECS`) the
+    writer encodes frames itself, actor side, with one
+    :class:`~distdrq.replay.codec.FrameEncoder` per episode: its chunks carry ``encoded`` frames
+    and an empty ``frames`` array ``[0, C, H, W]``; feed them to a shard with the same codec.
     """
 
-    def __init__(self, writer_id: int, chunk_length: int | None = None) -> None:
+    def __init__(self, writer_id: int, chunk_length: int | None = None, codec: str = "raw") -> None:
         """``chunk_length=None`` emits one chunk per episode, at its end; otherwise a chunk every
         ``chunk_length`` transitions and one at the episode's end."""
+        codec_spec(codec)  # ValueError naming the choices
         if not 0 <= writer_id <= _MAX_WRITER_ID:
             raise ValueError(f"writer_id={writer_id} must be in 0..{_MAX_WRITER_ID}")
         if chunk_length is not None and chunk_length <= 0:
             raise ValueError(f"chunk_length={chunk_length} must be > 0 or None")
         self.writer_id = int(writer_id)
         self.chunk_length = chunk_length
+        self.codec = codec
+        self._encoder: FrameEncoder | None = None  # this episode's, for codecs other than raw
         self._episode_index = 0
         self._key: int | None = None  # None: no episode in progress
         self._frame_shape: tuple[int, ...] | None = None
@@ -74,6 +83,7 @@ class EpisodeWriter:
         self._episode_index += 1
         self._emitted = 0
         self._frames = [frame]
+        self._encoder = FrameEncoder(self.codec, frame.shape) if self.codec != "raw" else None
 
     def append(
         self,
@@ -117,20 +127,26 @@ class EpisodeWriter:
         return frame.copy()
 
     def _emit(self, last: bool) -> Chunk:
-        assert self._key is not None
+        assert self._key is not None and self._frame_shape is not None
+        frames, encoded = np.stack(self._frames), None
+        if self._encoder is not None:
+            encoded = self._encoder.encode(frames)
+            frames = np.empty((0, *self._frame_shape), np.uint8)
         chunk = Chunk(
             episode_key=self._key,
             first_step=self._emitted,
-            frames=np.stack(self._frames),
+            frames=frames,
             actions=np.stack(self._actions),
             rewards=np.array(self._rewards, np.float32),
             discounts=np.array(self._discounts, np.float32),
             versions=np.array(self._versions, np.int64),
             last=last,
+            encoded=encoded,
         )
         self._emitted += len(self._actions)
         self._frames, self._actions = [], []
         self._rewards, self._discounts, self._versions = [], [], []
         if last:
             self._key = None
+            self._encoder = None
         return chunk

@@ -1,0 +1,162 @@
+"""The run's coordinator actor: versioned weights, global counters, stop flag.
+
+It is the WeightStore of DESIGN.md plus the counters every component reports to: env actors
+report frames and episode returns per chunk and learn the newest weight version and the
+global frame count in the same reply (one small RPC per chunk, never per step); the learner
+publishes weights as one ``ray.put`` object per version; the evaluator reports returns; the
+driver reads :meth:`Coordinator.snapshot` for progress, metrics and checkpoints.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class RunCounters:
+    """Global progress of a distributed run (checkpointed by the driver)."""
+
+    frames: int = 0
+    """env frames over all actors (agent steps x action repeat)"""
+    episodes: int = 0
+    """completed training episodes over all actors"""
+    updates: int = 0
+    """learner updates"""
+    weight_version: int = 0
+    """newest published weight version"""
+    last_train_return: float = float("nan")
+    """return of the last completed training episode"""
+    last_eval_return: float = float("nan")
+    """mean return of the last evaluation"""
+    last_eval_frame: int = -1
+    """global frame of the last evaluation"""
+    wall_time: float = 0.0
+    """seconds of training, summed over resumed sessions"""
+
+
+@dataclass
+class _Role:
+    starts: int = 0
+    frames: int = 0
+    episodes: int = 0
+    last_report: float = 0.0
+    policy_version: int = -1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Coordinator:
+    """Counters and weights of one run (a Ray actor; also usable in-process)."""
+
+    def __init__(
+        self,
+        run_name: str,
+        counters: dict[str, Any] | None = None,
+        total_frames: int | None = None,
+    ) -> None:
+        """``total_frames``: the frame budget; env actors are told to stop once it is reached."""
+        self.run_name = run_name
+        self.total_frames = total_frames
+        known = RunCounters.__dataclass_fields__
+        self.counters = RunCounters(**{k: v for k, v in (counters or {}).items() if k in known})
+        self._weights: list[Any] | None = None  # [ObjectRef], wrapped so Ray does not resolve it
+        self._roles: dict[str, _Role] = {}
+        self._stop = False
+        self._returns: list[tuple[int, float]] = []
+        self._learner_metrics: dict[str, float] = {}
+        self._started = time.monotonic()
+        self._wall_base = self.counters.wall_time
+
+    # -- registration (every actor calls this from its constructor, so restarts are counted)
+
+    def register(self, role: str) -> int:
+        """Record that ``role`` (e.g. ``env-3``) started; returns how often it has started."""
+        entry = self._roles.setdefault(role, _Role())
+        entry.starts += 1
+        return entry.starts
+
+    # -- weights
+
+    def publish(self, version: int, weights: list[Any], updates: int) -> None:
+        """Store weight ``version`` (``[ObjectRef]`` of a policy state dict)."""
+        if version >= self.counters.weight_version or self._weights is None:
+            self.counters.weight_version = int(version)
+            self._weights = weights
+        self.counters.updates = max(self.counters.updates, int(updates))
+
+    def weights_since(self, version: int) -> tuple[int, list[Any]] | None:
+        """The newest weights if newer than ``version`` (else None)."""
+        if self._weights is None or self.counters.weight_version <= version:
+            return None
+        return self.counters.weight_version, self._weights
+
+    # -- reports
+
+    def report_env(
+        self, role: str, frames: int, returns: list[float], policy_version: int
+    ) -> dict[str, Any]:
+        """An env actor's progress since its last report; replies with what it needs to know."""
+        entry = self._roles.setdefault(role, _Role())
+        entry.frames += int(frames)
+        entry.episodes += len(returns)
+        entry.last_report = time.monotonic()
+        entry.policy_version = int(policy_version)
+        self.counters.frames += int(frames)
+        self.counters.episodes += len(returns)
+        for value in returns:
+            self.counters.last_train_return = float(value)
+            self._returns.append((self.counters.frames, float(value)))
+        budget_spent = self.total_frames is not None and self.counters.frames >= self.total_frames
+        return {
+            "frames": self.counters.frames,
+            "weight_version": self.counters.weight_version,
+            "stop": self._stop or budget_spent,
+        }
+
+    def report_learner(self, updates: int, metrics: dict[str, float]) -> dict[str, Any]:
+        """The learner's update count and latest metrics; replies with frames and stop."""
+        self.counters.updates = max(self.counters.updates, int(updates))
+        self._learner_metrics = dict(metrics)
+        return {"frames": self.counters.frames, "stop": self._stop}
+
+    def report_eval(self, frame: int, mean_return: float, extra: dict[str, float]) -> None:
+        """An evaluation's mean return at global ``frame``."""
+        self.counters.last_eval_return = float(mean_return)
+        self.counters.last_eval_frame = int(frame)
+        self._roles.setdefault("evaluator", _Role()).extra = {"frame": frame, **extra}
+
+    def take_returns(self) -> list[tuple[int, float]]:
+        """Training returns (global frame, return) since the last call."""
+        out, self._returns = self._returns, []
+        return out
+
+    # -- control
+
+    def stop(self) -> None:
+        """Ask every loop to finish its current step and return."""
+        self._stop = True
+
+    def should_stop(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stop
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters, per-role state and the learner's latest metrics."""
+        self.counters.wall_time = self._wall_base + time.monotonic() - self._started
+        return {
+            "counters": asdict(self.counters),
+            "roles": {
+                name: {
+                    "starts": r.starts,
+                    "restarts": max(r.starts - 1, 0),
+                    "frames": r.frames,
+                    "episodes": r.episodes,
+                    "policy_version": r.policy_version,
+                    **r.extra,
+                }
+                for name, r in self._roles.items()
+            },
+            "learner": dict(self._learner_metrics),
+            "stop": self._stop,
+        }

@@ -1,0 +1,206 @@
+"""Env actors and the evaluator: CPU processes that render DMC pixels with a copy of the policy.
+
+An env actor steps its env with the newest weights it has, cuts the episode into chunks
+(``distributed.chunk_length`` transitions) and sends each to its replay shard; it waits for a
+chunk's insert to be acknowledged before sending the next, which is how the shard's rate
+limiter holds it back. Each chunk is followed by one report to the coordinator, whose reply
+carries the global frame count (for the exploration schedule), the newest weight version
+(weights are fetched only when newer) and the stop flag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from distdrq.agent import Policy
+from distdrq.config import Config
+from distdrq.distributed.replay_actor import ReplayClient
+from distdrq.envs import make_env
+from distdrq.replay import EpisodeWriter
+from distdrq.types import Chunk
+
+# Episode keys are writer_id << 32 | episode; writer ids must never repeat within a run, across
+# actor restarts and resumed sessions alike, because replay snapshots outlive both.
+_INDEX_BITS = 10
+_START_BITS = 10
+
+
+def writer_id(session: int, starts: int, index: int) -> int:
+    """A writer id unique per (launch session, actor start, actor index)."""
+    return (session << (_INDEX_BITS + _START_BITS)) | ((starts - 1) << _INDEX_BITS) | index
+
+
+def lookup(run_name: str, num_shards: int) -> tuple[Any, list[Any], Any | None]:
+    """The coordinator, replay shards and global rate limiter (None if unlimited) of a run.
+
+    Actors find each other by their Ray actor names rather than receiving handles as
+    constructor arguments, so a restarted actor always reaches its peers' current incarnation.
+    """
+    coordinator = ray.get_actor(f"{run_name}-coordinator")
+    shards = [ray.get_actor(f"{run_name}-replay-{i}") for i in range(num_shards)]
+    try:
+        limiter = ray.get_actor(f"{run_name}-ratelimiter")
+    except ValueError:
+        limiter = None
+    return coordinator, shards, limiter
+
+
+def _pin_threads() -> None:
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+class _PolicyFollower:
+    """Keeps a CPU policy at the coordinator's newest weight version."""
+
+    def __init__(self, cfg: Config, obs_shape: tuple[int, int, int], action_dim: int, coord: Any):
+        self.policy = Policy(obs_shape, action_dim, cfg.agent)
+        self._coord = coord
+
+    def refresh(self, newest: int) -> None:
+        if newest <= self.policy.version:
+            return
+        found = ray.get(self._coord.weights_since.remote(self.policy.version))
+        if found is None:
+            return
+        version, (ref,) = found
+        # if the learner that owned these weights died, skip them: the next version will come
+        with contextlib.suppress(ray.exceptions.RayError):
+            self.policy.load_policy_state_dict(ray.get(ref), version)
+
+
+class EnvActor:
+    """One env process: act, step, chunk, insert, report; restartable (state lives elsewhere)."""
+
+    def __init__(self, index: int, cfg: Config, run_name: str, session: int) -> None:
+        _pin_threads()
+        coordinator, shards, limiter = lookup(run_name, cfg.distributed.shards)
+        self.index = index
+        self.cfg = cfg
+        self.role = f"env-{index}"
+        self._coord = coordinator
+        self.starts = ray.get(coordinator.register.remote(self.role))
+        seed = cfg.train.seed + index + 100_003 * (self.starts - 1 + 64 * session)
+        self.env = make_env(cfg.env, seed)
+        self.follower = _PolicyFollower(cfg, self.env.obs_shape, self.env.action_dim, coordinator)
+        self.client = ReplayClient(shards, seed=seed, limiter=limiter)
+        self.writer = EpisodeWriter(
+            writer_id(session, self.starts, index),
+            chunk_length=cfg.distributed.chunk_length,
+            codec=cfg.replay.codec,
+        )
+        self.global_frames = 0
+        self.stopped = False
+
+    def _send(self, chunk: Chunk) -> bool:
+        """Insert ``chunk``, retrying while the rate limiter declines; False once stopped."""
+        while True:
+            if ray.get(self.client.insert(chunk, timeout=2.0)):
+                return True
+            if ray.get(self._coord.should_stop.remote()):
+                return False
+
+    def _report(self, frames: int, returns: list[float]) -> None:
+        reply = ray.get(
+            self._coord.report_env.remote(self.role, frames, returns, self.follower.policy.version)
+        )
+        self.global_frames = reply["frames"]
+        self.stopped = reply["stop"]
+        self.follower.refresh(reply["weight_version"])
+
+    def run(self) -> int:
+        """Step until the coordinator says stop; returns the frames this call produced."""
+        cfg = self.cfg
+        repeat = cfg.env.action_repeat
+        self._report(0, [])
+        produced = unreported = 0
+        returns: list[float] = []
+        ts = self.env.reset()
+        self.writer.begin(ts.frame)
+        episode_return = 0.0
+        while not self.stopped:
+            step = (self.global_frames + unreported) // repeat
+            action = self.follower.policy.act(ts.observation, step, eval_mode=False)
+            ts = self.env.step(action)
+            episode_return += ts.reward
+            unreported += repeat
+            produced += repeat
+            chunk = self.writer.append(
+                action, ts.reward, ts.discount, ts.frame, ts.last, self.follower.policy.version
+            )
+            if ts.last:
+                returns.append(episode_return)
+                episode_return = 0.0
+                ts = self.env.reset()
+                self.writer.begin(ts.frame)
+            if chunk is not None:
+                if not self._send(chunk):
+                    break
+                self._report(unreported, returns)
+                unreported, returns = 0, []
+        pending = self.writer.flush()  # keep the partial episode: nothing rendered is lost
+        if pending is not None:
+            self._send(pending)
+        if unreported or returns:
+            self._report(unreported, returns)
+        return produced
+
+    def ping(self) -> int:
+        """Liveness check."""
+        return self.index
+
+
+class Evaluator:
+    """Runs mean-action episodes every ``train.eval_every_frames`` global frames."""
+
+    def __init__(self, cfg: Config, run_name: str, next_eval_frame: int = 0) -> None:
+        _pin_threads()
+        coordinator, _, _ = lookup(run_name, 0)
+        self.cfg = cfg
+        self._coord = coordinator
+        self.starts = ray.get(coordinator.register.remote("evaluator"))
+        self.env = make_env(cfg.env, cfg.train.seed + 10_000)
+        self.follower = _PolicyFollower(cfg, self.env.obs_shape, self.env.action_dim, coordinator)
+        self.next_eval_frame = next_eval_frame
+
+    def evaluate(self, frame: int) -> float:
+        """Evaluate the newest weights now; reports and returns the mean return."""
+        snap = ray.get(self._coord.snapshot.remote())
+        self.follower.refresh(snap["counters"]["weight_version"])
+        step = frame // self.cfg.env.action_repeat
+        totals = []
+        for _ in range(self.cfg.train.eval_episodes):
+            ts = self.env.reset()
+            total = 0.0
+            while not ts.last:
+                ts = self.env.step(self.follower.policy.act(ts.observation, step, eval_mode=True))
+                total += ts.reward
+            totals.append(total)
+        mean = float(np.mean(totals)) if totals else float("nan")
+        extra = {"std": float(np.std(totals)) if totals else 0.0, "episodes": len(totals)}
+        extra["policy_version"] = self.follower.policy.version
+        self._coord.report_eval.remote(frame, mean, extra)
+        return mean
+
+    def run(self) -> int:
+        """Evaluate whenever the global frame count passes the next evaluation point."""
+        import time
+
+        done = 0
+        while True:
+            snap = ray.get(self._coord.snapshot.remote())
+            if snap["stop"]:
+                return done
+            frames = snap["counters"]["frames"]
+            if frames >= self.next_eval_frame:
+                self.evaluate(frames)
+                done += 1
+                self.next_eval_frame = frames + self.cfg.train.eval_every_frames
+            else:
+                time.sleep(0.5)

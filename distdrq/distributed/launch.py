@@ -1,0 +1,431 @@
+"""``distdrq launch``: connect to Ray, build the topology, supervise, checkpoint, stop.
+
+The topology (one function, :func:`build_topology`, reads like DESIGN.md's diagram)::
+
+    EnvActor x N --chunks--> ReplayServer x S --batches--> Learner --weights--> Coordinator
+         ^                                                                          |
+         +------------------------- newest weights, global frames, stop ------------+
+    Evaluator: mean-action episodes every train.eval_every_frames
+
+The driver restarts the long-running loop of any env actor, evaluator or shard that Ray has
+restarted, recreates a dead learner from the last checkpoint, checkpoints every
+``train.checkpoint_every_frames`` and on Ctrl-C/SIGTERM (learner state, counters, replay
+snapshots), and leaves no processes behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from distdrq.checkpoint import load_latest, save_checkpoint
+from distdrq.config import Config, ConfigError
+from distdrq.distributed.coordinator import Coordinator
+from distdrq.distributed.env_actor import EnvActor, Evaluator
+from distdrq.distributed.learner import Learner
+from distdrq.distributed.replay_actor import start_rate_limiter, start_replay_shards
+from distdrq.envs import make_env
+from distdrq.progress import CsvLog, ProgressDisplay
+from distdrq.trainer import save_run_config
+
+NAMESPACE = "distdrq"
+"""Ray namespace of every distdrq actor (``distdrq status`` looks there)."""
+
+
+class LaunchError(RuntimeError):
+    """The run cannot start or continue (cluster unreachable, resources impossible, ...)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# connecting
+
+
+def _check_reachable(address: str, timeout: float = 3.0) -> None:
+    if address in ("auto", "local") or address.startswith("ray://") is False and ":" not in address:
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except (OSError, ValueError) as exc:
+        raise LaunchError(
+            f"cannot reach the Ray cluster at {address} ({exc}); start one with "
+            "`ray start --head` and pass its address, or drop --address for a local run"
+        ) from exc
+
+
+def required_cpus(cfg: Config) -> float:
+    """CPUs the topology asks for: one per env actor, shard and evaluator; one for the learner."""
+    d = cfg.distributed
+    return d.actors + d.shards + 1 + (1 if d.evaluator else 0)
+
+
+def connect(cfg: Config, address: str | None, notice: Any = print) -> dict[str, float]:
+    """Join ``address`` (or RAY_ADDRESS), else start a local single-node Ray instance.
+
+    Locally, fewer cores than the topology asks for are oversubscribed with a notice; on a
+    cluster, resources that can never be satisfied raise :class:`LaunchError`.
+    """
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    need = required_cpus(cfg)
+    runtime_env = {"env_vars": {"MUJOCO_GL": os.environ.get("MUJOCO_GL", cfg.env.gl_backend)}}
+    if address:
+        _check_reachable(address)
+        ray.init(address=address, namespace=NAMESPACE, runtime_env=runtime_env, log_to_driver=False)
+        resources = ray.cluster_resources()
+        if resources.get("CPU", 0) < need:
+            ray.shutdown()
+            raise LaunchError(
+                f"the cluster has {resources.get('CPU', 0):g} CPUs but this run needs {need:g} "
+                f"({cfg.distributed.actors} actors + {cfg.distributed.shards} shards + learner"
+                f"{' + evaluator' if cfg.distributed.evaluator else ''}); lower --actors or "
+                "add nodes"
+            )
+        return resources
+    cores = os.cpu_count() or 1
+    if need > cores:
+        notice(
+            f"notice: {cores} cores for {need:g} processes ({cfg.distributed.actors} env actors, "
+            f"{cfg.distributed.shards} shards, learner"
+            f"{', evaluator' if cfg.distributed.evaluator else ''}): running oversubscribed"
+        )
+    ray.init(
+        num_cpus=max(cores, math.ceil(need)),
+        namespace=NAMESPACE,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        runtime_env=runtime_env,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    return ray.cluster_resources()
+
+
+# ---------------------------------------------------------------------------------------------
+# topology
+
+
+@dataclass
+class Topology:
+    """Handles of every actor of a run."""
+
+    coordinator: Any
+    shards: list[Any]
+    learner: Any
+    env_actors: list[Any]
+    evaluator: Any | None
+    learner_gpus: float
+    obs_shape: tuple[int, int, int]
+    action_dim: int
+    limiter: Any | None = None
+
+
+def _learner_options(cfg: Config, resources: dict[str, float]) -> tuple[float, int]:
+    gpus = cfg.distributed.learner_gpus
+    if gpus < 0:
+        gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
+    return gpus, 1
+
+
+def start_learner(topo: Topology, cfg: Config, name: str, state: dict[str, Any] | None) -> Any:
+    """Create (or recreate) the learner actor, optionally from a checkpointed state."""
+    cls = ray.remote(Learner)
+    return cls.options(
+        name=f"{name}-learner",
+        num_cpus=1,
+        num_gpus=topo.learner_gpus,
+        max_restarts=0,
+        max_concurrency=2,
+    ).remote(cfg, topo.obs_shape, topo.action_dim, name, state, 1)
+
+
+def build_topology(
+    cfg: Config,
+    name: str,
+    run_dir: Path,
+    resources: dict[str, float],
+    counters: dict[str, Any] | None,
+    learner_state: dict[str, Any] | None,
+    session: int,
+    limiter_state: dict[str, int] | None = None,
+) -> Topology:
+    """Coordinator, replay shards, learner, env actors and evaluator, wired top to bottom."""
+    d = cfg.distributed
+    probe = make_env(cfg.env, cfg.train.seed)
+    obs_shape, action_dim = probe.obs_shape, probe.action_dim
+    probe.close()
+
+    coordinator = (
+        ray.remote(Coordinator)
+        .options(name=f"{name}-coordinator", num_cpus=0, max_restarts=0)
+        .remote(name, counters, cfg.train.frames)
+    )
+    min_size = max(cfg.train.seed_frames // cfg.env.action_repeat, 1)
+    limiter = None
+    if d.samples_per_insert > 0:  # one global limiter: exact ratio over the union of shards
+        waiters = d.actors + d.prefetch + 8
+        limiter = start_rate_limiter(name, d.samples_per_insert, min_size, limiter_state, waiters)
+    shards = start_replay_shards(
+        d.shards,
+        cfg.replay,
+        frame_stack=cfg.env.frame_stack,
+        samples_per_insert=None,
+        min_size_to_sample=1 if limiter is not None else min_size,
+        name_prefix=name,
+        snapshot_dir=str(run_dir / "replay"),
+        snapshot_every_inserts=d.snapshot_every_inserts,
+        seed=cfg.train.seed,
+        num_cpus=1,
+    )
+    learner_gpus, _ = _learner_options(cfg, resources)
+    topo = Topology(coordinator, shards, None, [], None, learner_gpus, obs_shape, action_dim)
+    topo.limiter = limiter
+    topo.learner = start_learner(topo, cfg, name, learner_state)
+    env_cls = ray.remote(EnvActor)
+    topo.env_actors = [
+        env_cls.options(
+            name=f"{name}-env-{i}", num_cpus=1, max_restarts=-1, max_task_retries=0
+        ).remote(i, cfg, name, session)
+        for i in range(d.actors)
+    ]
+    if d.evaluator:
+        next_eval = (counters or {}).get("last_eval_frame", -1)
+        next_eval = 0 if next_eval < 0 else next_eval + cfg.train.eval_every_frames
+        topo.evaluator = (
+            ray.remote(Evaluator)
+            .options(name=f"{name}-evaluator", num_cpus=1, max_restarts=-1, max_concurrency=2)
+            .remote(cfg, name, next_eval)
+        )
+    return topo
+
+
+# ---------------------------------------------------------------------------------------------
+# supervision
+
+
+class Driver:
+    """Runs one launch session: supervise loops, progress, checkpoints, shutdown."""
+
+    def __init__(
+        self, cfg: Config, run_dir: Path, name: str, progress: ProgressDisplay, session: int
+    ) -> None:
+        self.cfg = cfg
+        self.session = session
+        self.run_dir = run_dir
+        self.name = name
+        self.progress = progress
+        self.loops: dict[Any, tuple[str, Any]] = {}  # ObjectRef -> (role, actor)
+        self.restarts: dict[str, int] = {}
+        self.topo: Topology | None = None
+        self.train_log = CsvLog(run_dir / "train.csv")
+        self.eval_log = CsvLog(run_dir / "eval.csv")
+        self._last_eval_logged = -1
+
+    def start_loops(self) -> None:
+        """Start the long-running loop of every actor."""
+        topo = self.topo
+        assert topo is not None
+        self._loop("learner", topo.learner)
+        for i, actor in enumerate(topo.env_actors):
+            self._loop(f"env-{i}", actor)
+        if topo.evaluator is not None:
+            self._loop("evaluator", topo.evaluator)
+
+    def _loop(self, role: str, actor: Any) -> None:
+        self.loops[actor.run.remote()] = (role, actor)
+
+    def _restart(self, ref: Any) -> None:
+        role, actor = self.loops.pop(ref)
+        try:
+            ray.get(ref)
+            return  # a loop that returned normally is done (stop requested)
+        except ray.exceptions.RayError as exc:
+            reason = str(exc).strip().splitlines()[0][:160]
+        self.restarts[role] = self.restarts.get(role, 0) + 1
+        self.progress.message(f"{role} failed ({reason}); restarting")
+        if role == "learner":
+            assert self.topo is not None
+            state = None
+            with contextlib.suppress(Exception):
+                _, saved, _ = load_latest(self.run_dir, warn=self.progress.message)
+                state = saved["learner"]
+            self.topo.learner = start_learner(self.topo, self.cfg, self.name, state)
+            actor = self.topo.learner
+        self._loop(role, actor)
+
+    def supervise(self, total_frames: int, checkpoint_every: int, next_checkpoint: int) -> str:
+        """Watch loops and progress until the frame budget is reached; returns why it ended."""
+        topo = self.topo
+        assert topo is not None
+        while True:
+            done, _ = ray.wait(list(self.loops), num_returns=1, timeout=1.0)
+            for ref in done:
+                self._restart(ref)
+            snap = ray.get(topo.coordinator.snapshot.remote())
+            self._show(snap)
+            frames = snap["counters"]["frames"]
+            if frames >= total_frames:
+                return "done"
+            if frames >= next_checkpoint:
+                self.checkpoint(snap)
+                next_checkpoint = frames + checkpoint_every
+
+    def _show(self, snap: dict[str, Any]) -> None:
+        c = snap["counters"]
+        learner = snap["learner"]
+        restarts = sum(r["restarts"] for r in snap["roles"].values())
+        self.progress.update(
+            c["frames"],
+            c["updates"],
+            episode=c["episodes"],
+            train_return=_finite(c["last_train_return"]),
+            eval_return=_finite(c["last_eval_return"]),
+            restarts=restarts,
+            policy_lag=learner.get("policy_lag_mean"),
+        )
+        for frame, value in ray.get(self.topo.coordinator.take_returns.remote()):  # type: ignore[union-attr]
+            self.train_log.write(
+                {"frame": frame, "episode_return": value, "updates": c["updates"]}
+                | {k: learner.get(k) for k in ("critic_loss", "actor_loss", "policy_lag_mean")}
+            )
+        if c["last_eval_frame"] > self._last_eval_logged:
+            self._last_eval_logged = c["last_eval_frame"]
+            extra = snap["roles"].get("evaluator", {})
+            self.eval_log.write(
+                {
+                    "frame": c["last_eval_frame"],
+                    "eval_return": c["last_eval_return"],
+                    "eval_return_std": extra.get("std"),
+                    "updates": c["updates"],
+                    "wall_time": round(c["wall_time"], 3),
+                }
+            )
+            self.progress.message(
+                f"eval at frame {c['last_eval_frame']:,}: return {c['last_eval_return']:.1f}"
+            )
+
+    def checkpoint(self, snap: dict[str, Any] | None = None) -> Path:
+        """Learner state + counters (main file) after snapshots of every shard."""
+        topo = self.topo
+        assert topo is not None
+        learner_state = ray.get(topo.learner.state.remote(), timeout=300)
+        snapshots = ray.get([s.snapshot.remote() for s in topo.shards], timeout=600)
+        snap = snap or ray.get(topo.coordinator.snapshot.remote())
+        limiter = ray.get(topo.limiter.state_dict.remote()) if topo.limiter else None
+        state = {
+            "rate_limiter": limiter,
+            "counters": snap["counters"],
+            "learner": learner_state,
+            "replay_snapshots": [str(p) for p in snapshots],
+            "restarts": dict(self.restarts),
+            "session": self.session,
+        }
+        return save_checkpoint(self.run_dir, snap["counters"]["frames"], state)
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def launch(
+    cfg: Config,
+    run_dir: Path,
+    resume: bool,
+    address: str | None,
+    progress: ProgressDisplay,
+) -> dict[str, Any]:
+    """Run (or resume) a distributed training run; returns the final counters."""
+    name = f"distdrq-{run_dir.resolve().name}"
+    counters = None
+    learner_state = None
+    limiter_state = None
+    session = 0
+    if resume:
+        path, state, _ = load_latest(run_dir, warn=progress.message)
+        counters = state["counters"]
+        learner_state = state["learner"]
+        limiter_state = state.get("rate_limiter")
+        session = int(state.get("session", 0)) + 1
+        progress.message(f"resuming from {path} at frame {counters['frames']:,}")
+    resources = connect(cfg, address, notice=progress.message)
+    if not resume:  # only now: a run that could not start leaves no run directory behind
+        save_run_config(run_dir, cfg)
+    ctx = ray.get_runtime_context()
+    dashboard = getattr(ray, "_private", None) and ray._private.worker.get_dashboard_url()
+    if dashboard:
+        progress.message(
+            f"Ray dashboard: http://{dashboard} (job {ctx.get_job_id()}; Ray's auth token is in "
+            "~/.ray/auth_token, or disable it with RAY_AUTH_MODE=disabled)"
+        )
+    driver = Driver(cfg, run_dir, name, progress, session)
+    interrupted = {"count": 0}
+
+    def on_signal(signum: int, frame: Any) -> None:
+        interrupted["count"] += 1
+        if interrupted["count"] >= 2:
+            os._exit(130)  # second Ctrl-C: leave at once
+        raise KeyboardInterrupt
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    reason = "error"
+    try:
+        driver.topo = build_topology(
+            cfg, name, run_dir, resources, counters, learner_state, session, limiter_state
+        )
+        device = ray.get(driver.topo.learner.device.remote())
+        if device == "cpu":
+            progress.message("notice: no GPU in the cluster; the learner runs on CPU (slow)")
+        progress.message(
+            f"{cfg.distributed.actors} env actors, {cfg.distributed.shards} replay shards, "
+            f"learner on {device}; run dir {run_dir}"
+        )
+        driver.start_loops()
+        start_frames = counters["frames"] if counters else 0
+        next_ckpt = start_frames + cfg.train.checkpoint_every_frames
+        with progress:
+            try:
+                reason = driver.supervise(
+                    cfg.train.frames, cfg.train.checkpoint_every_frames, next_ckpt
+                )
+            except KeyboardInterrupt:
+                reason = "interrupted"
+                progress.message("interrupted: stopping actors and writing a checkpoint")
+            ray.get(driver.topo.coordinator.stop.remote())
+            if driver.topo.limiter is not None:  # release actors waiting for admission
+                driver.topo.limiter.close.remote()
+            for ref in list(driver.loops):
+                with contextlib.suppress(ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+                    ray.get(ref, timeout=60)
+            if driver.topo.evaluator is not None and reason == "done":
+                with contextlib.suppress(ray.exceptions.RayError):
+                    frames = ray.get(driver.topo.coordinator.snapshot.remote())["counters"]
+                    ray.get(driver.topo.evaluator.evaluate.remote(frames["frames"]))
+            snap = ray.get(driver.topo.coordinator.snapshot.remote())
+            driver._show(snap)
+            path = driver.checkpoint(snap)
+            state_counters = snap["counters"]
+            progress.message(
+                f"{'done' if reason == 'done' else 'stopped'} at frame "
+                f"{state_counters['frames']:,} ({state_counters['updates']:,} updates, "
+                f"{state_counters['episodes']} episodes); checkpoint {path}"
+            )
+        return state_counters | {"reason": reason, "restarts": driver.restarts}
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        ray.shutdown()
+
+
+def validate_launch_args(actors: int | None) -> None:
+    """One-line errors for command-line values the config cannot check itself."""
+    if actors is not None and actors < 1:
+        raise ConfigError(f"--actors {actors}: need at least 1 env actor")

@@ -1,0 +1,150 @@
+"""`distdrq launch` end to end: real Ray (local single node), real MuJoCo, 2 CPUs."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+SMALL = [
+    "--plain",
+    "--actors",
+    "2",
+    "--shards",
+    "2",
+    "env.image_size=64",
+    "env.fast_render=true",
+    "agent.batch_size=32",
+    "agent.hidden_dim=64",
+    "agent.feature_dim=16",
+    "agent.device=cpu",
+    "train.seed_frames=400",
+    "train.eval_every_frames=100000",
+    "train.eval_episodes=1",
+    "distributed.samples_per_insert=8",
+]
+
+
+def launch_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "distdrq.cli", "launch", *args]
+
+
+def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(launch_cmd(*args), capture_output=True, text=True, timeout=timeout)
+
+
+def _latest(run_dir: Path) -> dict:
+    main = sorted(p for p in (run_dir / "checkpoints").glob("ckpt_*.pt") if p.name.count(".") == 1)
+    return torch.load(main[-1], weights_only=True)["state"]
+
+
+@pytest.mark.slow
+def test_launch_checkpoint_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    first = run("--task", "cartpole_swingup", "--frames", "3000", "--run-dir", str(run_dir), *SMALL)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    assert "2 env actors, 2 replay shards, learner on cpu" in first.stdout
+    assert "oversubscribed" in first.stdout  # 6 processes on this 2-core machine
+    s1 = _latest(run_dir)
+    c1 = s1["counters"]
+    assert c1["frames"] >= 3000 and c1["updates"] > 0 and c1["episodes"] >= 1
+    assert len(s1["replay_snapshots"]) == 2
+    assert s1["rate_limiter"]["inserts"] > 0
+    shard_files = sorted((run_dir / "replay").glob("shard_*/snapshot_*.ddrq"))
+    assert len(shard_files) >= 2
+
+    second = run("--resume", str(run_dir), "--frames", "4500", "--plain")
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
+    assert f"at frame {c1['frames']:,}" in second.stdout
+    s2 = _latest(run_dir)
+    c2 = s2["counters"]
+    assert c2["frames"] >= 4500 and c2["updates"] > c1["updates"]
+    assert c2["episodes"] >= c1["episodes"]
+    assert s2["learner"]["version"] >= s1["learner"]["version"]
+    # the replay came back: the limiter counts inserts of both sessions
+    assert s2["rate_limiter"]["inserts"] > s1["rate_limiter"]["inserts"]
+    assert s2["session"] == 1
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_and_leaves_no_processes(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        launch_cmd(
+            "--task", "cartpole_swingup", "--frames", "1000000", "--run-dir", str(run_dir), *SMALL
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen = []
+    deadline = time.monotonic() + 300
+    tree: set[int] = set()
+    for line in proc.stdout:  # type: ignore[union-attr]
+        seen.append(line)
+        tree |= _descendants(proc.pid)
+        if "frames " in line and "frames 0/" not in line and "learner on" not in line:
+            break
+        assert time.monotonic() < deadline, "".join(seen)
+    tree |= _descendants(proc.pid)
+    assert tree, "no Ray child processes seen"
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, "".join(seen) + out
+    assert "interrupted" in out and "checkpoint" in out
+    assert _latest(run_dir)["counters"]["frames"] > 0
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [p for p in tree if _alive(p)], "processes left behind"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--task", "walker_walkk"], "unknown task 'walker_walkk'"),
+        (["distributed.samples_per_insert=lots"], "distributed.samples_per_insert='lots'"),
+        (["--actors", "0"], "--actors 0: must be at least 1"),
+        (["--address", "127.0.0.1:1"], "cannot reach the Ray cluster at 127.0.0.1:1"),
+    ],
+)
+def test_launch_errors_are_one_line_and_quick(tmp_path, args, message):
+    start = time.monotonic()
+    result = run(*args, "--run-dir", str(tmp_path / "r"), timeout=60)
+    assert result.returncode in (1, 2), result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert time.monotonic() - start < 30
+    assert not (tmp_path / "r" / "config.yaml").exists()  # nothing left to block a retry
