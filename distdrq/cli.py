@@ -210,7 +210,14 @@ def _cmd_launch(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``distdrq`` console script."""
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    # KEY=VALUE overrides may stand anywhere, also after options (argparse alone would stop
+    # collecting them at the first option)
+    args, extra = parser.parse_known_args(argv)
+    stray = [x for x in extra if x.startswith("-") or "=" not in x]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     if args.command is None:
         parser.print_help()
         return 2

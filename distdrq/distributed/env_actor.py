@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -97,14 +98,25 @@ class EnvActor:
         )
         self.global_frames = 0
         self.stopped = False
+        self.lost_chunks = 0
 
-    def _send(self, chunk: Chunk) -> bool:
-        """Insert ``chunk``, retrying while the rate limiter declines; False once stopped."""
+    def _send(self, chunk: Chunk) -> str:
+        """Insert ``chunk``, retrying while the rate limiter declines or a shard restarts.
+
+        Returns ``sent``, ``stopped`` (the run is stopping) or ``lost`` (the shard rejected
+        it, e.g. it restarted from a snapshot older than the episode's earlier chunks).
+        """
         while True:
-            if ray.get(self.client.insert(chunk, timeout=2.0)):
-                return True
+            try:
+                if ray.get(self.client.insert(chunk, timeout=2.0)):
+                    return "sent"
+            except ray.exceptions.RayTaskError:
+                self.lost_chunks += 1
+                return "lost"
+            except ray.exceptions.RayActorError:
+                time.sleep(0.5)  # the shard or limiter is restarting: same chunk again
             if ray.get(self._coord.should_stop.remote()):
-                return False
+                return "stopped"
 
     def _report(self, frames: int, returns: list[float]) -> None:
         reply = ray.get(
@@ -140,8 +152,13 @@ class EnvActor:
                 ts = self.env.reset()
                 self.writer.begin(ts.frame)
             if chunk is not None:
-                if not self._send(chunk):
+                outcome = self._send(chunk)
+                if outcome == "stopped":
                     break
+                if outcome == "lost" and not ts.first:  # drop the episode, start a fresh one
+                    ts = self.env.reset()
+                    self.writer.begin(ts.frame)
+                    episode_return = 0.0
                 self._report(unreported, returns)
                 unreported, returns = 0, []
         pending = self.writer.flush()  # keep the partial episode: nothing rendered is lost
@@ -154,6 +171,10 @@ class EnvActor:
     def ping(self) -> int:
         """Liveness check."""
         return self.index
+
+    def node_id(self) -> str:
+        """The Ray node this actor runs on."""
+        return ray.get_runtime_context().get_node_id()
 
 
 class Evaluator:
@@ -168,6 +189,10 @@ class Evaluator:
         self.env = make_env(cfg.env, cfg.train.seed + 10_000)
         self.follower = _PolicyFollower(cfg, self.env.obs_shape, self.env.action_dim, coordinator)
         self.next_eval_frame = next_eval_frame
+
+    def node_id(self) -> str:
+        """The Ray node this actor runs on."""
+        return ray.get_runtime_context().get_node_id()
 
     def evaluate(self, frame: int) -> float:
         """Evaluate the newest weights now; reports and returns the mean return."""
@@ -190,8 +215,6 @@ class Evaluator:
 
     def run(self) -> int:
         """Evaluate whenever the global frame count passes the next evaluation point."""
-        import time
-
         done = 0
         while True:
             snap = ray.get(self._coord.snapshot.remote())

@@ -99,6 +99,7 @@ def connect(cfg: Config, address: str | None, notice: Any = print) -> dict[str, 
             f"{', evaluator' if cfg.distributed.evaluator else ''}): running oversubscribed"
         )
     ray.init(
+        address="local",  # a new instance, even if another Ray cluster runs on this machine
         num_cpus=max(cores, math.ceil(need)),
         namespace=NAMESPACE,
         include_dashboard=True,
@@ -185,6 +186,7 @@ def build_topology(
         snapshot_every_inserts=d.snapshot_every_inserts,
         seed=cfg.train.seed,
         num_cpus=1,
+        run_name=name,
     )
     learner_gpus, _ = _learner_options(cfg, resources)
     topo = Topology(coordinator, shards, None, [], None, learner_gpus, obs_shape, action_dim)
@@ -193,7 +195,12 @@ def build_topology(
     env_cls = ray.remote(EnvActor)
     topo.env_actors = [
         env_cls.options(
-            name=f"{name}-env-{i}", num_cpus=1, max_restarts=-1, max_task_retries=0
+            name=f"{name}-env-{i}",
+            num_cpus=1,
+            max_restarts=-1,
+            max_task_retries=0,
+            max_concurrency=2,  # run() holds one thread; ping/node_id answer on the other
+            scheduling_strategy="SPREAD",
         ).remote(i, cfg, name, session)
         for i in range(d.actors)
     ]
@@ -360,7 +367,8 @@ def launch(
     if not resume:  # only now: a run that could not start leaves no run directory behind
         save_run_config(run_dir, cfg)
     ctx = ray.get_runtime_context()
-    dashboard = getattr(ray, "_private", None) and ray._private.worker.get_dashboard_url()
+    progress.message(f"Ray cluster at {ctx.gcs_address} (namespace {NAMESPACE})")
+    dashboard = ray._private.worker.get_dashboard_url()
     if dashboard:
         progress.message(
             f"Ray dashboard: http://{dashboard} (job {ctx.get_job_id()}; Ray's auth token is in "

@@ -78,7 +78,10 @@ class Learner:
             while len(pending) < cfg.distributed.prefetch:
                 pending.append(self.client.request(batch_size, timeout=1.0))
             start = time.monotonic()
-            batch = self.client.collect(pending.popleft())
+            request = pending.popleft()
+            if not request:  # replay still empty: wait instead of spinning on stats calls
+                time.sleep(0.2)
+            batch = self.client.collect(request) if request else None
             self._sample_wait += time.monotonic() - start
             if batch is not None:
                 with self._lock:

@@ -14,6 +14,7 @@ are concatenated once into the caller's buffer.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -62,9 +63,15 @@ class ReplayServer:
         snapshot_dir: str | None = None,
         snapshot_every_inserts: int = 0,
         seed: int = 0,
+        run_name: str | None = None,
     ) -> None:
-        """``samples_per_insert=None`` enforces only the minimum size before sampling."""
+        """``samples_per_insert=None`` enforces only the minimum size before sampling;
+        ``run_name``: register with that run's coordinator (so restarts are counted)."""
         self.index = index
+        if run_name is not None:
+            with contextlib.suppress(ValueError):  # no coordinator: a standalone shard
+                coordinator = ray.get_actor(f"{run_name}-coordinator")
+                ray.get(coordinator.register.remote(f"replay-{index}"))
         self.shard = ReplayShard(
             capacity=cfg.capacity,
             nstep=cfg.nstep,
@@ -189,6 +196,7 @@ def start_replay_shards(
     snapshot_every_inserts: int = 0,
     seed: int = 0,
     num_cpus: float = 1.0,
+    run_name: str | None = None,
 ) -> list[Any]:
     """Create ``num_shards`` named Ray actors (``<prefix>-replay-<i>``) that restart on failure.
 
@@ -211,6 +219,7 @@ def start_replay_shards(
             snapshot_dir,
             snapshot_every_inserts,
             seed,
+            run_name,
         )
         for i in range(num_shards)
     ]
@@ -234,7 +243,6 @@ class ReplayClient:
         writer, episode = episode_key >> 32, episode_key & 0xFFFFFFFF
         return (writer + episode) % len(self.shards)
 
-    @ray.method(concurrency_group="insert")
     def insert(self, chunk: Chunk, timeout: float | None = 5.0) -> Any:
         """Send a chunk to its shard; returns the ObjectRef of the server's bool reply.
 
@@ -249,9 +257,14 @@ class ReplayClient:
         return shard.insert.remote(chunk, timeout)
 
     def refresh_sizes(self) -> np.ndarray:
-        """Ask every shard for its sampleable count."""
-        stats = ray.get([s.stats.remote() for s in self.shards])
-        self._sampleable = np.array([s["sampleable"] for s in stats], dtype=np.int64)
+        """Ask every shard for its sampleable count (0 for a shard that is restarting)."""
+        sizes = []
+        for shard in self.shards:
+            try:
+                sizes.append(ray.get(shard.stats.remote())["sampleable"])
+            except ray.exceptions.RayActorError:
+                sizes.append(0)
+        self._sampleable = np.array(sizes, dtype=np.int64)
         self._refreshed = time.monotonic()
         return self._sampleable
 
@@ -277,8 +290,13 @@ class ReplayClient:
         ]
 
     def collect(self, pending: list[tuple[int, Any]], out: Batch | None = None) -> Batch | None:
-        """Wait for a requested batch; None if any shard declined (rate limited or empty)."""
-        replies: list[ShardReply] = ray.get([ref for _, ref in pending])
+        """Wait for a requested batch; None if any shard declined (rate limited or empty) or
+        failed (a shard that died is restarted by Ray; the next request reaches it again)."""
+        try:
+            replies: list[ShardReply] = ray.get([ref for _, ref in pending])
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError):
+            self._refreshed = 0.0  # re-read the shard sizes on the next split
+            return None
         for (i, _), reply in zip(pending, replies, strict=True):
             self._sampleable[i] = reply.sampleable
         if not replies or any(r.batch is None for r in replies):
@@ -290,7 +308,6 @@ class ReplayClient:
         """Sample one batch from the union of shards (blocking); None if declined."""
         return self.collect(self.request(batch_size, timeout))
 
-    @ray.method(concurrency_group="admin")
     def stats(self) -> list[dict[str, Any]]:
         """Every shard's statistics."""
         return ray.get([s.stats.remote() for s in self.shards])

@@ -17,6 +17,7 @@ FRAME = (3, 8, 8)
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray.init(
+        address="local",
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,

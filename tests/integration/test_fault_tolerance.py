@@ -1,0 +1,157 @@
+"""Fault tolerance on a real Ray cluster: killed env actor and shard, and a lost worker node."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+COMMON = [
+    "--plain",
+    "--task",
+    "cartpole_swingup",
+    "--frames",
+    "10000000",
+    "env.image_size=48",
+    "env.fast_render=true",
+    "agent.batch_size=32",
+    "agent.hidden_dim=32",
+    "agent.feature_dim=16",
+    "agent.device=cpu",
+    "train.seed_frames=200",
+    "distributed.samples_per_insert=0",
+    "distributed.evaluator=false",
+    "distributed.chunk_length=25",
+]
+
+
+def _start(run_dir, *extra):
+    return subprocess.Popen(
+        [sys.executable, "-m", "distdrq.cli", "launch", "--run-dir", str(run_dir), *COMMON, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _wait_for_line(proc, text, timeout=240):
+    seen = []
+    deadline = time.monotonic() + timeout
+    for line in proc.stdout:
+        seen.append(line)
+        if text in line:
+            return seen
+        assert time.monotonic() < deadline, "".join(seen)
+    raise AssertionError("launch exited early:\n" + "".join(seen))
+
+
+def _until(predicate, timeout=120, every=0.5):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = predicate()
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            value = None  # an actor is restarting
+        if value:
+            return value
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(every)
+
+
+def _stop(proc):
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def _snapshot(coord):
+    return ray.get(coord.snapshot.remote(), timeout=30)
+
+
+def _shard_stats(shard):
+    try:
+        return ray.get(shard.stats.remote(), timeout=10)
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return None
+
+
+@pytest.mark.slow
+def test_killed_env_actor_and_shard_recover(tmp_path):
+    run_dir = tmp_path / "ft"
+    proc = _start(
+        run_dir, "--actors", "2", "--shards", "2", "distributed.snapshot_every_inserts=50"
+    )
+    try:
+        lines = _wait_for_line(proc, "learner on")
+        address = next(x for x in lines if x.startswith("Ray cluster at ")).split()[3]
+        ray.init(address=address, namespace="distdrq", log_to_driver=False)
+        name = f"distdrq-{run_dir.name}"
+        coord = ray.get_actor(f"{name}-coordinator")
+        env0 = ray.get_actor(f"{name}-env-0")
+        shard0 = ray.get_actor(f"{name}-replay-0")
+        _until(lambda: (_shard_stats(shard0) or {}).get("transitions", 0) >= 100)
+        _until(lambda: list((run_dir / "replay" / "shard_000").glob("snapshot_*.ddrq")))
+        before = _snapshot(coord)["counters"]["frames"]
+
+        ray.kill(env0, no_restart=False)
+        ray.kill(shard0, no_restart=False)
+
+        restored = _until(lambda: (s := _shard_stats(shard0)) and s["restored_from"] and s)
+        assert restored["transitions"] > 0  # the shard's data came back from its snapshot
+        roles = _until(
+            lambda: (
+                (r := _snapshot(coord)["roles"]).get("env-0", {}).get("starts", 0) >= 2
+                and r.get("replay-0", {}).get("starts", 0) >= 2
+                and r
+            )
+        )
+        assert roles["env-0"]["restarts"] >= 1
+        after_kill = _snapshot(coord)["counters"]["frames"]
+        assert after_kill >= before
+        # the run goes on: frames keep increasing, the restarted actor produces again
+        _until(lambda: _snapshot(coord)["counters"]["frames"] > after_kill + 500, timeout=180)
+        start_env0 = _snapshot(coord)["roles"]["env-0"]["frames"]
+        _until(lambda: _snapshot(coord)["roles"]["env-0"]["frames"] > start_env0, timeout=180)
+    finally:
+        ray.shutdown()
+        out = _stop(proc) if proc.poll() is None else proc.stdout.read()
+    assert "failed" in out and "restarting" in out  # the driver saw and showed the restart
+
+
+@pytest.mark.slow
+def test_multi_node_spread_and_node_loss(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 4})
+    worker = cluster.add_node(num_cpus=2)
+    cluster.wait_for_nodes()
+    run_dir = tmp_path / "mn"
+    proc = _start(run_dir, "--actors", "2", "--shards", "1", "--address", cluster.address)
+    try:
+        _wait_for_line(proc, "learner on")
+        ray.init(address=cluster.address, namespace="distdrq", log_to_driver=False)
+        name = f"distdrq-{run_dir.name}"
+        coord = ray.get_actor(f"{name}-coordinator")
+        envs = [ray.get_actor(f"{name}-env-{i}") for i in range(2)]
+        nodes = set(ray.get([e.node_id.remote() for e in envs], timeout=60))
+        assert len(nodes) == 2, "env actors were not spread over both nodes"
+        _until(lambda: _snapshot(coord)["counters"]["frames"] > 200, timeout=180)
+
+        cluster.remove_node(worker)
+        after = _snapshot(coord)["counters"]["frames"]
+        # the lost node's actor is restarted on the head node and the run continues
+        moved = _until(
+            lambda: len(set(ray.get([e.node_id.remote() for e in envs], timeout=30))) == 1,
+            timeout=180,
+        )
+        assert moved
+        _until(lambda: _snapshot(coord)["counters"]["frames"] > after + 500, timeout=180)
+    finally:
+        ray.shutdown()
+        if proc.poll() is None:
+            _stop(proc)
+        cluster.shutdown()
