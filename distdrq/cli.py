@@ -93,7 +93,24 @@ def _build_parser() -> argparse.ArgumentParser:
     launch.add_argument(
         "--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)"
     )
+    launch.add_argument(
+        "--metrics-port", type=int, default=9464, help="Prometheus /metrics port (0: off)"
+    )
+    launch.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address /metrics binds to (0.0.0.0 to let other hosts scrape)",
+    )
     _add_run_arguments(launch)
+
+    status = sub.add_parser(
+        "status",
+        help="live state of the runs on a Ray cluster",
+        description="Actors alive, restarts, frames, updates and returns of every distdrq run.",
+    )
+    status.add_argument(
+        "--address", help="Ray cluster address (default: RAY_ADDRESS, else the local cluster)"
+    )
 
     tasks = sub.add_parser("tasks", help="list the available tasks")
     tasks.add_argument("--difficulty", choices=("easy", "medium", "hard", "toy"))
@@ -203,8 +220,22 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     cfg, run_dir = _resolve_run(args)
     live = False if args.plain else None
     progress = ProgressDisplay(cfg.env.task, cfg.train.frames, live=live)
-    result = launch(cfg, run_dir, bool(args.resume), args.address, progress)
+    result = launch(
+        cfg,
+        run_dir,
+        bool(args.resume),
+        args.address,
+        progress,
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+    )
     return 0 if result["reason"] in ("done", "interrupted") else 1
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from distdrq.status import print_status
+
+    return print_status(args.address)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     handlers = {
         "train": _cmd_train,
         "launch": _cmd_launch,
+        "status": _cmd_status,
         "tasks": _cmd_tasks,
         "config": _cmd_config,
     }

@@ -64,6 +64,7 @@ class Coordinator:
         self._roles: dict[str, _Role] = {}
         self._stop = False
         self._returns: list[tuple[int, float]] = []
+        self._latencies: list[float] = []
         self._learner_metrics: dict[str, float] = {}
         self._started = time.monotonic()
         self._wall_base = self.counters.wall_time
@@ -114,9 +115,13 @@ class Coordinator:
             "stop": self._stop or budget_spent,
         }
 
-    def report_learner(self, updates: int, metrics: dict[str, float]) -> dict[str, Any]:
-        """The learner's update count and latest metrics; replies with frames and stop."""
+    def report_learner(
+        self, updates: int, metrics: dict[str, float], latencies: list[float] | None = None
+    ) -> dict[str, Any]:
+        """The learner's update count, latest metrics and the seconds it waited for each batch
+        since its last report; replies with frames and stop."""
         self.counters.updates = max(self.counters.updates, int(updates))
+        self._latencies.extend(latencies or ())
         self._learner_metrics = dict(metrics)
         return {"frames": self.counters.frames, "stop": self._stop}
 
@@ -126,9 +131,11 @@ class Coordinator:
         self.counters.last_eval_frame = int(frame)
         self._roles.setdefault("evaluator", _Role()).extra = {"frame": frame, **extra}
 
-    def take_returns(self) -> list[tuple[int, float]]:
-        """Training returns (global frame, return) since the last call."""
-        out, self._returns = self._returns, []
+    def take_events(self) -> dict[str, list[Any]]:
+        """Training returns (global frame, return) and learner sample latencies (seconds)
+        since the last call."""
+        out = {"returns": self._returns, "latencies": self._latencies}
+        self._returns, self._latencies = [], []
         return out
 
     # -- control

@@ -99,6 +99,18 @@ class EnvActor:
         self.global_frames = 0
         self.stopped = False
         self.lost_chunks = 0
+        # also through Ray's own metrics: Ray's dashboard and service discovery show these
+        from ray.util.metrics import Counter as RayCounter
+
+        tags = {"run": run_name, "actor": str(index)}
+        self._ray_frames = RayCounter(
+            "distdrq_actor_env_frames", "env frames of one actor", tag_keys=("run", "actor")
+        )
+        self._ray_episodes = RayCounter(
+            "distdrq_actor_env_episodes", "episodes of one actor", tag_keys=("run", "actor")
+        )
+        self._ray_frames.set_default_tags(tags)
+        self._ray_episodes.set_default_tags(tags)
 
     def _send(self, chunk: Chunk) -> str:
         """Insert ``chunk``, retrying while the rate limiter declines or a shard restarts.
@@ -119,6 +131,10 @@ class EnvActor:
                 return "stopped"
 
     def _report(self, frames: int, returns: list[float]) -> None:
+        if frames:
+            self._ray_frames.inc(frames)
+        if returns:
+            self._ray_episodes.inc(len(returns))
         reply = ray.get(
             self._coord.report_env.remote(self.role, frames, returns, self.follower.policy.version)
         )

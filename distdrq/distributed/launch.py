@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from distdrq.checkpoint import load_latest, save_checkpoint
 from distdrq.config import Config, ConfigError
@@ -33,6 +34,7 @@ from distdrq.distributed.env_actor import EnvActor, Evaluator
 from distdrq.distributed.learner import Learner
 from distdrq.distributed.replay_actor import start_rate_limiter, start_replay_shards
 from distdrq.envs import make_env
+from distdrq.metrics import RunMetrics
 from distdrq.progress import CsvLog, ProgressDisplay
 from distdrq.trainer import save_run_config
 
@@ -165,16 +167,21 @@ def build_topology(
     obs_shape, action_dim = probe.obs_shape, probe.action_dim
     probe.close()
 
+    # the coordinator and the rate limiter hold the run's state in memory: keep them on the
+    # driver's node (which the run cannot outlive anyway), never on a worker that may leave
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     coordinator = (
         ray.remote(Coordinator)
-        .options(name=f"{name}-coordinator", num_cpus=0, max_restarts=0)
+        .options(name=f"{name}-coordinator", num_cpus=0, max_restarts=0, scheduling_strategy=here)
         .remote(name, counters, cfg.train.frames)
     )
     min_size = max(cfg.train.seed_frames // cfg.env.action_repeat, 1)
     limiter = None
     if d.samples_per_insert > 0:  # one global limiter: exact ratio over the union of shards
         waiters = d.actors + d.prefetch + 8
-        limiter = start_rate_limiter(name, d.samples_per_insert, min_size, limiter_state, waiters)
+        limiter = start_rate_limiter(
+            name, d.samples_per_insert, min_size, limiter_state, waiters, scheduling_strategy=here
+        )
     shards = start_replay_shards(
         d.shards,
         cfg.replay,
@@ -223,9 +230,16 @@ class Driver:
     """Runs one launch session: supervise loops, progress, checkpoints, shutdown."""
 
     def __init__(
-        self, cfg: Config, run_dir: Path, name: str, progress: ProgressDisplay, session: int
+        self,
+        cfg: Config,
+        run_dir: Path,
+        name: str,
+        progress: ProgressDisplay,
+        session: int,
+        metrics: RunMetrics | None = None,
     ) -> None:
         self.cfg = cfg
+        self.metrics = metrics
         self.session = session
         self.run_dir = run_dir
         self.name = name
@@ -287,6 +301,8 @@ class Driver:
                 next_checkpoint = frames + checkpoint_every
 
     def _show(self, snap: dict[str, Any]) -> None:
+        topo = self.topo
+        assert topo is not None
         c = snap["counters"]
         learner = snap["learner"]
         restarts = sum(r["restarts"] for r in snap["roles"].values())
@@ -299,10 +315,19 @@ class Driver:
             restarts=restarts,
             policy_lag=learner.get("policy_lag_mean"),
         )
-        for frame, value in ray.get(self.topo.coordinator.take_returns.remote()):  # type: ignore[union-attr]
+        events = ray.get(topo.coordinator.take_events.remote())
+        for frame, value in events["returns"]:
             self.train_log.write(
                 {"frame": frame, "episode_return": value, "updates": c["updates"]}
                 | {k: learner.get(k) for k in ("critic_loss", "actor_loss", "policy_lag_mean")}
+            )
+        if self.metrics is not None:
+            self.metrics.update(
+                snap,
+                self.progress.fields,
+                self._shard_stats(),
+                self._limiter_stats(),
+                events["latencies"],
             )
         if c["last_eval_frame"] > self._last_eval_logged:
             self._last_eval_logged = c["last_eval_frame"]
@@ -319,6 +344,22 @@ class Driver:
             self.progress.message(
                 f"eval at frame {c['last_eval_frame']:,}: return {c['last_eval_return']:.1f}"
             )
+
+    def _shard_stats(self) -> list[dict[str, Any]]:
+        assert self.topo is not None
+        stats = []
+        for shard in self.topo.shards:
+            with contextlib.suppress(ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+                stats.append(ray.get(shard.stats.remote(), timeout=5))
+        return stats
+
+    def _limiter_stats(self) -> dict[str, float] | None:
+        assert self.topo is not None
+        if self.topo.limiter is None:
+            return None
+        with contextlib.suppress(ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+            return ray.get(self.topo.limiter.stats.remote(), timeout=5)
+        return None
 
     def checkpoint(self, snap: dict[str, Any] | None = None) -> Path:
         """Learner state + counters (main file) after snapshots of every shard."""
@@ -349,8 +390,13 @@ def launch(
     resume: bool,
     address: str | None,
     progress: ProgressDisplay,
+    metrics_host: str = "127.0.0.1",
+    metrics_port: int = 9464,
 ) -> dict[str, Any]:
-    """Run (or resume) a distributed training run; returns the final counters."""
+    """Run (or resume) a distributed training run; returns the final counters.
+
+    ``metrics_port`` 0 disables the Prometheus endpoint.
+    """
     name = f"distdrq-{run_dir.resolve().name}"
     counters = None
     learner_state = None
@@ -374,7 +420,13 @@ def launch(
             f"Ray dashboard: http://{dashboard} (job {ctx.get_job_id()}; Ray's auth token is in "
             "~/.ray/auth_token, or disable it with RAY_AUTH_MODE=disabled)"
         )
-    driver = Driver(cfg, run_dir, name, progress, session)
+    metrics = None
+    if metrics_port:
+        metrics = RunMetrics(name)
+        port = metrics.serve(metrics_host, metrics_port)
+        moved = "" if port == metrics_port else f" (port {metrics_port} was taken)"
+        progress.message(f"Prometheus metrics: http://{metrics_host}:{port}/metrics{moved}")
+    driver = Driver(cfg, run_dir, name, progress, session, metrics)
     interrupted = {"count": 0}
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -54,6 +54,7 @@ class Learner:
         self._lock = threading.Lock()
         self._lag: deque[float] = deque(maxlen=200)
         self._sample_wait = 0.0
+        self._latencies: list[float] = []
         self._publish()
 
     def _publish(self) -> None:
@@ -82,7 +83,10 @@ class Learner:
             if not request:  # replay still empty: wait instead of spinning on stats calls
                 time.sleep(0.2)
             batch = self.client.collect(request) if request else None
-            self._sample_wait += time.monotonic() - start
+            waited = time.monotonic() - start
+            self._sample_wait += waited
+            if batch is not None:
+                self._latencies.append(waited)
             if batch is not None:
                 with self._lock:
                     metrics = self.agent.update(batch, frames // cfg.env.action_repeat)
@@ -95,8 +99,11 @@ class Learner:
                         self._publish()
             now = time.monotonic()
             if now - last_report >= 1.0 or batch is None:
+                latencies, self._latencies = self._latencies, []
                 reply = ray.get(
-                    self._coord.report_learner.remote(self.updates, self._metrics(metrics))
+                    self._coord.report_learner.remote(
+                        self.updates, self._metrics(metrics), latencies
+                    )
                 )
                 frames = reply["frames"]
                 last_report = now

@@ -365,6 +365,7 @@ def start_rate_limiter(
     min_size_to_sample: int,
     state: dict[str, int] | None,
     max_waiters: int,
+    scheduling_strategy: Any = None,
 ) -> Any:
     """The named global limiter actor (``<prefix>-ratelimiter``)."""
     cls = ray.remote(RateLimiterServer)
@@ -373,6 +374,7 @@ def start_rate_limiter(
         num_cpus=0,
         max_restarts=-1,
         max_concurrency=max_waiters,
+        scheduling_strategy=scheduling_strategy,
     ).remote(samples_per_insert, min_size_to_sample, state)
 
 

@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+import distdrq.distributed  # noqa: F401  (before ray: lets this process join token-auth clusters)
+
 ray = pytest.importorskip("ray")
 
 COMMON = [

@@ -1,0 +1,144 @@
+"""A real Prometheus server scrapes a live `distdrq launch`; `distdrq status` shows the run."""
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _query(port: int, expr: str) -> list[dict]:
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        body = json.load(resp)
+    assert body["status"] == "success"
+    return body["data"]["result"]
+
+
+def _value(port: int, expr: str) -> float | None:
+    try:
+        result = _query(port, expr)
+    except OSError:
+        return None
+    return float(result[0]["value"][1]) if result else None
+
+
+def _wait(predicate, timeout: float = 180.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1.0)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="apt-get install prometheus")
+def test_prometheus_scrapes_a_live_launch_and_status_shows_it(tmp_path):
+    metrics_port, prom_port = _free_port(), _free_port()
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus-local.yml").read_text())
+    job = next(j for j in config["scrape_configs"] if j["job_name"] == "distdrq")
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{metrics_port}"]}]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    run_dir = tmp_path / "obs"
+    launch = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "distdrq.cli",
+            "launch",
+            "--run-dir",
+            str(run_dir),
+            "--plain",
+            "--task",
+            "point_reach",
+            "--frames",
+            "10000000",
+            "--actors",
+            "2",
+            "--shards",
+            "2",
+            "--metrics-port",
+            str(metrics_port),
+            "env.image_size=32",
+            "agent.hidden_dim=32",
+            "agent.feature_dim=16",
+            "agent.batch_size=32",
+            "agent.device=cpu",
+            "train.seed_frames=200",
+            "train.eval_every_frames=2000",
+            "train.eval_episodes=1",
+            "distributed.samples_per_insert=16",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    prom = subprocess.Popen(
+        [
+            "prometheus",
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{prom_port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        lines = []
+        for line in launch.stdout:
+            lines.append(line)
+            if "learner on" in line:
+                break
+        assert any(f":{metrics_port}/metrics" in x for x in lines), "".join(lines)
+        address = next(x for x in lines if x.startswith("Ray cluster at ")).split()[3]
+
+        first = _wait(lambda: _value(prom_port, "distdrq_env_frames_total"))
+        _wait(lambda: (v := _value(prom_port, "distdrq_env_frames_total")) and v > first)
+        _wait(lambda: _value(prom_port, "distdrq_learner_updates_total"))
+        for expr in (
+            "distdrq_replay_transitions",
+            "distdrq_replay_compression_ratio",
+            "distdrq_rate_limiter_samples_per_insert",
+            "distdrq_replay_sample_latency_seconds_count",
+            "distdrq_weight_version",
+            "distdrq_train_return",
+        ):
+            assert _wait(lambda e=expr: _query(prom_port, e)), expr
+        shards = _query(prom_port, "distdrq_replay_transitions")
+        assert {r["metric"]["shard"] for r in shards} == {"0", "1"}
+        assert all(r["metric"]["run"] == "distdrq-obs" for r in shards)
+
+        status = subprocess.run(
+            [sys.executable, "-m", "distdrq.cli", "status", "--address", address],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert status.returncode == 0, status.stderr[-2000:]
+        row = next(x for x in status.stdout.splitlines() if x.startswith("distdrq-obs"))
+        assert "2/2" in row and "running" in row
+    finally:
+        prom.terminate()
+        prom.wait(30)
+        if launch.poll() is None:
+            launch.send_signal(signal.SIGINT)
+            launch.communicate(timeout=300)
+    assert launch.returncode == 0

@@ -1,0 +1,69 @@
+"""Prometheus metrics: every listed name is served, counters only go up."""
+
+from pathlib import Path
+
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from distdrq.metrics import RunMetrics
+
+LISTED = Path(__file__).resolve().parents[2] / "deploy" / "metrics.txt"
+
+
+def _snapshot(frames, restarts=0, eval_return=float("nan")):
+    return {
+        "counters": {
+            "frames": frames,
+            "episodes": frames // 1000,
+            "updates": frames // 4,
+            "weight_version": 3,
+            "last_train_return": 12.5,
+            "last_eval_return": eval_return,
+        },
+        "learner": {
+            "critic_loss": 0.5,
+            "actor_loss": -1.0,
+            "critic_q1": 2.0,
+            "policy_lag_mean": 1.5,
+            "policy_lag_max": 4.0,
+            "gpu_memory_bytes": 1e9,
+        },
+        "roles": {"env-0": {"restarts": restarts}, "learner": {"restarts": 0}},
+    }
+
+
+def _served(metrics):
+    text = generate_latest(metrics.registry).decode()
+    return {s.name: s for f in text_string_to_metric_families(text) for s in f.samples}, text
+
+
+def test_every_listed_metric_is_served_with_the_run_label():
+    m = RunMetrics("distdrq-test")
+    shard = {"shard": 0, "transitions": 10, "stored_bytes": 100, "ratio_vs_drqv2": 9.9}
+    limiter = {
+        "insert_blocked_seconds": 1.0,
+        "sample_blocked_seconds": 0.5,
+        "measured_samples_per_insert": 127.0,
+    }
+    snap = _snapshot(5000, restarts=1, eval_return=300.0)
+    m.update(snap, {"frames_per_second": 300.0}, [shard], limiter, [0.01])
+    served, text = _served(m)
+    names = [n.strip() for n in LISTED.read_text().splitlines() if n.strip() and n[0] != "#"]
+    assert len(names) >= 20
+    for name in names:
+        candidates = (name, f"{name}_count")
+        assert any(c in served for c in candidates), f"{name} is listed but not served"
+    assert 'run="distdrq-test"' in text and 'shard="0"' in text and 'side="insert"' in text
+    assert served["distdrq_env_frames_total"].value == 5000
+    assert served["distdrq_actor_restarts_total"].value in (0.0, 1.0)
+
+
+def test_counters_follow_the_run_and_never_decrease():
+    m = RunMetrics("r")
+    m.update(_snapshot(1000), {}, [], None, [])
+    m.update(_snapshot(3000), {}, [], None, [0.002, 0.004])
+    m.update(_snapshot(2000), {}, [], None, [])  # a stale reading must not move it back
+    served, _ = _served(m)
+    assert served["distdrq_env_frames_total"].value == 3000
+    assert served["distdrq_replay_sample_latency_seconds_count"].value == 2
+    assert "distdrq_eval_return" not in served  # NaN (no evaluation yet) is not exported
