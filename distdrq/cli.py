@@ -112,6 +112,23 @@ def _build_parser() -> argparse.ArgumentParser:
         "--address", help="Ray cluster address (default: RAY_ADDRESS, else the local cluster)"
     )
 
+    plot = sub.add_parser(
+        "plot",
+        help="PNG learning curves of runs",
+        description="Eval return against env frames and against wall-clock time, as PNG.",
+    )
+    plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    plot.add_argument("--out", help="PNG to write (default: RUN_DIR/curves.png of the first)")
+    plot.add_argument(
+        "--reference",
+        metavar="CSV",
+        help="reference curves (DrQ-v2's released layout: frame, episode_reward, hour, ...)",
+    )
+
+    from distdrq.bench import add_bench_parser
+
+    add_bench_parser(sub)
+
     tasks = sub.add_parser("tasks", help="list the available tasks")
     tasks.add_argument("--difficulty", choices=("easy", "medium", "hard", "toy"))
 
@@ -238,6 +255,25 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return print_status(args.address)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from distdrq.bench import run_bench
+
+    return run_bench(args)
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from distdrq.plot import plot_runs
+
+    run_dirs = [Path(p) for p in args.run_dirs]
+    for run_dir in run_dirs:
+        if not run_dir.is_dir():
+            raise ConfigError(f"{run_dir}: no such run directory")
+    out = Path(args.out) if args.out else run_dirs[0] / "curves.png"
+    reference = Path(args.reference) if args.reference else None
+    print(f"wrote {plot_runs(run_dirs, out, reference)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``distdrq`` console script."""
     parser = _build_parser()
@@ -259,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         "train": _cmd_train,
         "launch": _cmd_launch,
         "status": _cmd_status,
+        "plot": _cmd_plot,
+        "bench": _cmd_bench,
         "tasks": _cmd_tasks,
         "config": _cmd_config,
     }

@@ -72,7 +72,7 @@ class AgentConfig:
     """DrQ-v2 learner hyperparameters (defaults as published for easy and medium tasks)."""
 
     algo: str = "drqv2"
-    """learning algorithm"""
+    """learning algorithm: drqv2 (DDPG, Yarats et al. 2021) or drq (SAC, Kostrikov et al. 2020)"""
     lr: float = 1e-4
     """Adam learning rate for encoder, actor and critic"""
     feature_dim: int = 50
@@ -80,7 +80,7 @@ class AgentConfig:
     hidden_dim: int = 1024
     """width of the actor and critic MLP heads"""
     encoder: str = "drqv2"
-    """image encoder architecture"""
+    """image encoder: drqv2 (4 convs, 32 channels) or nano (3 strided convs to a 256-d latent)"""
     critic_tau: float = 0.01
     """soft target update rate"""
     batch_size: int = 256
@@ -101,6 +101,20 @@ class AgentConfig:
     """torch.compile the update step"""
     device: str = "auto"
     """torch device for learning: auto (cuda if available), cpu, cuda, cuda:N"""
+    grad_checkpointing: bool = False
+    """recompute the encoder's conv activations in backward instead of storing them"""
+    init_temperature: float = 0.1
+    """drq: initial SAC temperature alpha (learned against target entropy -|A|)"""
+    actor_update_every: int = 2
+    """drq: critic updates between actor and temperature updates"""
+    target_update_every: int = 2
+    """drq: critic updates between soft target updates"""
+    encoder_tau: float = 0.01
+    """drq: soft update rate of the target encoder (published DrQ: critic_tau; SAC-AE: 0.05)"""
+    log_std_min: float = -10.0
+    """drq: lower bound of the actor's log std"""
+    log_std_max: float = 2.0
+    """drq: upper bound of the actor's log std"""
 
 
 @dataclass
@@ -176,8 +190,8 @@ class Config:
 # validation
 
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "agent.algo": ("drqv2",),
-    "agent.encoder": ("drqv2",),
+    "agent.algo": ("drqv2", "drq"),
+    "agent.encoder": ("drqv2", "nano"),
     "agent.precision": ("auto", "bf16", "fp16", "fp32"),
     "env.gl_backend": ("egl", "osmesa", "glfw"),
     "replay.codec": (
@@ -206,6 +220,8 @@ _POSITIVE = (
     "train.eval_every_frames",
     "train.checkpoint_every_frames",
     "train.log_every_frames",
+    "agent.actor_update_every",
+    "agent.target_update_every",
     "distributed.actors",
     "distributed.shards",
     "distributed.chunk_length",

@@ -287,6 +287,8 @@ _TRAIN_METRICS = (
     "actor_loss",
     "actor_ent",
     "batch_reward",
+    "alpha",
+    "alpha_loss",
 )
 
 

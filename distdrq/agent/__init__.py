@@ -1,6 +1,7 @@
-"""DrQ-v2 learning agent: networks, random shift augmentation, updates (plain PyTorch, no Ray)."""
+"""Learning agents (DrQ-v2, DrQ): networks, random shift augmentation, updates (plain PyTorch)."""
 
 from distdrq.agent.augment import RandomShiftsAug, random_shifts, shift_crop, shift_grid_sample
+from distdrq.agent.drq import DrQAgent, Temperature
 from distdrq.agent.drqv2 import (
     DrQV2Agent,
     batch_to_tensors,
@@ -8,24 +9,44 @@ from distdrq.agent.drqv2 import (
     resolve_device,
     resolve_precision,
 )
-from distdrq.agent.networks import Actor, Critic, Encoder, TruncatedNormal, TwinQ
-from distdrq.agent.policy import Policy, policy_action
+from distdrq.agent.networks import (
+    Actor,
+    Critic,
+    Encoder,
+    NanoEncoder,
+    SACActor,
+    TruncatedNormal,
+    TwinQ,
+    enable_grad_checkpointing,
+    make_encoder,
+    squashed_normal_sample,
+)
+from distdrq.agent.policy import Policy, make_actor, policy_action, sac_action
 
 __all__ = [
     "Actor",
     "Critic",
+    "DrQAgent",
     "DrQV2Agent",
     "Encoder",
+    "NanoEncoder",
     "RandomShiftsAug",
+    "SACActor",
+    "Temperature",
     "TruncatedNormal",
     "TwinQ",
     "batch_to_tensors",
+    "enable_grad_checkpointing",
+    "make_actor",
     "make_agent",
+    "make_encoder",
     "Policy",
     "policy_action",
     "random_shifts",
     "resolve_device",
     "resolve_precision",
+    "sac_action",
     "shift_crop",
     "shift_grid_sample",
+    "squashed_normal_sample",
 ]

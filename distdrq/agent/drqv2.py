@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from distdrq.agent.augment import RandomShiftsAug
-from distdrq.agent.networks import Actor, Critic, Encoder, TruncatedNormal
+from distdrq.agent.networks import Actor, Critic, TruncatedNormal, make_encoder
 from distdrq.agent.policy import policy_action
 from distdrq.config import AgentConfig
 from distdrq.types import Batch
@@ -120,7 +120,8 @@ class DrQV2Agent:
             torch.backends.cudnn.benchmark = True  # fixed conv shapes: pick the fastest kernels
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
 
-        self.encoder = Encoder(obs_shape).to(self.device, memory_format=memory_format)
+        self.encoder = make_encoder(obs_shape, cfg.encoder, cfg.grad_checkpointing)
+        self.encoder.to(self.device, memory_format=memory_format)
         repr_dim = self.encoder.repr_dim
         dims = (repr_dim, action_dim, cfg.feature_dim, cfg.hidden_dim)
         self.actor = Actor(*dims).to(self.device)
@@ -342,7 +343,12 @@ def make_agent(
     cfg: AgentConfig,
     device: str | torch.device | None = None,
 ) -> DrQV2Agent:
-    """Build the agent named by ``cfg.algo`` (only ``drqv2``)."""
-    if cfg.algo != "drqv2":
-        raise ValueError(f"agent.algo={cfg.algo!r} is not allowed; choose one of: drqv2")
-    return DrQV2Agent(tuple(obs_shape), action_dim, cfg, device)
+    """Build the agent named by ``cfg.algo``: :class:`DrQV2Agent` (``drqv2``) or
+    :class:`~distdrq.agent.drq.DrQAgent` (``drq``)."""
+    if cfg.algo == "drqv2":
+        return DrQV2Agent(tuple(obs_shape), action_dim, cfg, device)
+    if cfg.algo == "drq":
+        from distdrq.agent.drq import DrQAgent  # drq builds on this module
+
+        return DrQAgent(tuple(obs_shape), action_dim, cfg, device)
+    raise ValueError(f"agent.algo={cfg.algo!r} is not allowed; choose one of: drqv2, drq")

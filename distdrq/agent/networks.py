@@ -1,4 +1,5 @@
-"""DrQ-v2 networks (facebookresearch/drqv2): encoder, actor, fused twin-Q critic, truncated normal.
+"""DrQ-v2 networks (facebookresearch/drqv2): encoder, actor, fused twin-Q critic, truncated normal;
+plus DrQ-Nano's low-memory encoder, encoder gradient checkpointing and DrQ's SAC actor.
 
 Differences from the official code, none of which changes the function computed:
 - the encoder's output size is inferred from the image size instead of hard-coded (39,200 at 84);
@@ -15,6 +16,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def weight_init(m: nn.Module) -> None:
@@ -186,3 +188,125 @@ class TruncatedNormal:
 
     def entropy(self) -> torch.Tensor:
         return 0.5 + 0.5 * math.log(2 * math.pi) + torch.log(self.scale)
+
+
+# ---- low-memory encoder, gradient checkpointing, SAC actor (DrQ)
+
+
+class Normalize(nn.Module):
+    """uint8 (or float 0..255) -> float obs / 255 - 0.5 (drqv2's scaling), as a module."""
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return obs.float() / 255.0 - 0.5
+
+
+class NanoEncoder(nn.Module):
+    """DrQ-Nano's low-memory CNN: three 3x3 stride-2 convs (32, 64, 64) with ReLU, flatten,
+    Linear to ``latent_dim`` (256), LayerNorm (fp32).
+
+    The flattened conv size is inferred by a dummy forward (64 * 7 * 7 at 64x64, 64 * 9 * 9 at
+    84x84). Normalisation is the first module of ``convnet``, so a checkpointed conv stack saves
+    only the uint8 input for backward.
+    """
+
+    def __init__(self, obs_shape: tuple[int, int, int], latent_dim: int = 256) -> None:
+        super().__init__()
+        assert len(obs_shape) == 3, f"obs_shape must be (C, H, W), got {obs_shape}"
+        self.convnet = nn.Sequential(
+            Normalize(),
+            nn.Conv2d(obs_shape[0], 32, 3, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, stride=2),
+            nn.ReLU(),
+        )
+        with torch.no_grad():
+            self.conv_dim: int = self.convnet(torch.zeros(1, *obs_shape)).numel()
+        self.head = nn.Sequential(nn.Linear(self.conv_dim, latent_dim), LayerNormFP32(latent_dim))
+        self.repr_dim: int = latent_dim
+        self.apply(weight_init)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, C, H, W] -> latent [B, latent_dim] (fp32)."""
+        return self.head(self.convnet(obs).flatten(1))
+
+
+class CheckpointedSequential(nn.Sequential):
+    """``nn.Sequential`` whose forward is recomputed in backward instead of saving activations
+    (``torch.utils.checkpoint``, non-reentrant) whenever autograd is recording; same state_dict."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return super().forward(x)
+        return checkpoint(super().forward, x, use_reentrant=False)
+
+
+def enable_grad_checkpointing(encoder: nn.Module) -> nn.Module:
+    """Checkpoint ``encoder.convnet`` in place (parameters and state_dict keys unchanged)."""
+    encoder.convnet = CheckpointedSequential(*encoder.convnet)
+    return encoder
+
+
+ENCODERS = {"drqv2": Encoder, "nano": NanoEncoder}
+
+
+def make_encoder(
+    obs_shape: tuple[int, int, int], name: str = "drqv2", grad_checkpointing: bool = False
+) -> nn.Module:
+    """The encoder named ``name`` (``drqv2`` or ``nano``) with ``.repr_dim``; the conv stack
+    checkpointed if ``grad_checkpointing``."""
+    if name not in ENCODERS:
+        raise ValueError(f"agent.encoder={name!r} is not allowed; choose one of: drqv2, nano")
+    encoder = ENCODERS[name](tuple(obs_shape))
+    return enable_grad_checkpointing(encoder) if grad_checkpointing else encoder
+
+
+class SACActor(nn.Module):
+    """DrQ's actor: trunk, MLP feature -> hidden -> ReLU -> hidden -> ReLU -> 2A; returns
+    (mu, log_std) in fp32, log_std squashed into [log_std_min, log_std_max] by a tanh rescale."""
+
+    def __init__(
+        self,
+        repr_dim: int,
+        action_dim: int,
+        feature_dim: int,
+        hidden_dim: int,
+        log_std_min: float = -10.0,
+        log_std_max: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+        self.trunk = trunk(repr_dim, feature_dim)
+        self.policy = nn.Sequential(
+            nn.Linear(feature_dim, hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, 2 * action_dim),
+        )
+        self.apply(weight_init)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder features [B, repr_dim] -> (mu, log_std), each fp32 [B, A] (pre-tanh)."""
+        mu, log_std = self.policy(self.trunk(h)).float().chunk(2, dim=-1)
+        log_std = torch.tanh(log_std)
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (log_std + 1)
+        return mu, log_std
+
+
+def squashed_normal_sample(
+    mu: torch.Tensor, log_std: torch.Tensor, noise: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reparameterised sample a = tanh(mu + std * noise) and its log-probability [B, 1].
+
+    log pi(a) = sum_i [log N(u_i; mu_i, std_i) - log(1 - tanh(u_i)^2)], the last term written
+    as 2 * (log 2 - u - softplus(-2u)) (numerically stable, as torch's TanhTransform).
+    ``noise`` ~ N(0, 1) is drawn if not given.
+    """
+    if noise is None:
+        noise = torch.randn_like(mu)
+    u = mu + log_std.exp() * noise
+    normal_log_prob = -0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
+    log_det = 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
+    return torch.tanh(u), (normal_log_prob - log_det).sum(-1, keepdim=True)

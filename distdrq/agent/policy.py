@@ -1,11 +1,15 @@
-"""The acting half of DrQ-v2 (encoder + actor) for env actors and evaluators, on CPU."""
+"""The acting half of an agent (encoder + actor) for env actors and evaluators, on CPU.
+
+DrQ-v2's actor gives a mean action and the agent adds scheduled Gaussian noise
+(:func:`policy_action`); DrQ's SAC actor gives a squashed Gaussian (:func:`sac_action`).
+"""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from distdrq.agent.networks import Actor, Encoder, TruncatedNormal
+from distdrq.agent.networks import Actor, SACActor, TruncatedNormal, make_encoder
 from distdrq.config import AgentConfig
 
 
@@ -21,13 +25,35 @@ def policy_action(mu: torch.Tensor, stddev: float, eval_mode: bool, uniform: boo
     return action
 
 
+def sac_action(
+    mu: torch.Tensor, log_std: torch.Tensor, eval_mode: bool, uniform: bool
+) -> torch.Tensor:
+    """DrQ's action rule: tanh(mu) in eval; else tanh(mu + std * N(0, 1)) or, while ``uniform``
+    (the first ``num_expl_steps`` agent steps), uniform noise in [-1, 1]."""
+    if eval_mode:
+        return torch.tanh(mu)
+    if uniform:
+        return torch.empty_like(mu).uniform_(-1.0, 1.0)
+    return torch.tanh(mu + log_std.exp() * torch.randn_like(mu))
+
+
+def make_actor(repr_dim: int, action_dim: int, cfg: AgentConfig) -> Actor | SACActor:
+    """The actor network of ``cfg.algo``: :class:`Actor` (drqv2) or :class:`SACActor` (drq)."""
+    if cfg.algo == "drq":
+        return SACActor(
+            repr_dim, action_dim, cfg.feature_dim, cfg.hidden_dim, cfg.log_std_min, cfg.log_std_max
+        )
+    return Actor(repr_dim, action_dim, cfg.feature_dim, cfg.hidden_dim)
+
+
 class Policy:
-    """Encoder and actor only, fp32 on CPU; loads what ``DrQV2Agent.policy_state_dict`` gives."""
+    """Encoder and actor only, fp32 on CPU; loads what the agent's ``policy_state_dict`` gives
+    (``DrQV2Agent`` or ``DrQAgent``, as ``cfg.algo`` says)."""
 
     def __init__(self, obs_shape: tuple[int, int, int], action_dim: int, cfg: AgentConfig) -> None:
         self.cfg = cfg
-        self.encoder = Encoder(obs_shape)
-        self.actor = Actor(self.encoder.repr_dim, action_dim, cfg.feature_dim, cfg.hidden_dim)
+        self.encoder = make_encoder(obs_shape, cfg.encoder)
+        self.actor = make_actor(self.encoder.repr_dim, action_dim, cfg)
         self.encoder.requires_grad_(False)
         self.actor.requires_grad_(False)
         self.version = -1
@@ -36,9 +62,14 @@ class Policy:
     def act(self, obs: np.ndarray, step: int, eval_mode: bool) -> np.ndarray:
         """Action float32 [A] for one uint8 observation [C, H, W] at agent step ``step``."""
         obs_t = torch.as_tensor(np.asarray(obs)).unsqueeze(0)
-        mu = self.actor(self.encoder(obs_t))
+        h = self.encoder(obs_t)
         uniform = step < self.cfg.num_expl_steps
-        action = policy_action(mu, self.cfg.stddev_schedule(step), eval_mode, uniform)
+        if self.cfg.algo == "drq":
+            action = sac_action(*self.actor(h), eval_mode, uniform)
+        else:
+            action = policy_action(
+                self.actor(h), self.cfg.stddev_schedule(step), eval_mode, uniform
+            )
         return action.numpy()[0].astype(np.float32, copy=False)
 
     def load_policy_state_dict(self, state: dict[str, torch.Tensor], version: int) -> None:

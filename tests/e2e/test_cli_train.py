@@ -68,6 +68,20 @@ def test_train_checkpoint_resume(tmp_path):
     frames = [int(r.split(",")[0]) for r in rows[1:]]
     assert frames == sorted(frames) and frames[-1] == 600 and min(frames) < 400
 
+    # learning curves of this real run, with DrQ-v2's published curve of the same task
+    reference = tmp_path / "ref.csv"
+    reference.write_text(
+        ",agent,task,seed,frame,episode_reward,hour\n"
+        "0,DrQ-v2,cartpole_swingup,1,0,25.0,0.0\n1,DrQ-v2,cartpole_swingup,1,20000,200.0,0.1\n"
+        "2,DrQ-v2,walker_walk,1,0,99.0,0.0\n"
+    )
+    png = tmp_path / "curves.png"
+    plotted = distdrq("plot", str(run_dir), "--reference", str(reference), "--out", str(png))
+    assert plotted.returncode == 0, plotted.stderr[-2000:]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    bad = distdrq("plot", str(tmp_path / "missing"))
+    assert bad.returncode == 2 and "no such run directory" in bad.stderr
+
 
 def test_cli_errors_are_one_line(tmp_path):
     bad_task = distdrq("train", "--task", "cheetah_walk", "--run-dir", str(tmp_path / "x"))

@@ -1,0 +1,288 @@
+"""DrQ agent (Kostrikov et al. 2020): SAC from pixels with random shifts, as denisyarats/drq.
+
+Step for step as the published ``drq.py`` (with K = M = 1: one shift of obs and one of next_obs):
+- critic target r + discount * (min(Q1', Q2')(s', a') - alpha * log pi(a'|s')), a' sampled from
+  the current actor (tanh-squashed diagonal Gaussian, log std tanh-rescaled into
+  [log_std_min, log_std_max]) on the online encoder's features of s'; Q' from the target critic
+  on its own target encoder's features (DrQ's ``critic_target`` holds an encoder copy);
+- the encoder is trained through the critic loss only; the actor (its own trunk, as DrQ's actor
+  has its own head on the tied convs) on detached features, loss alpha * log pi - min(Q1, Q2);
+- alpha = exp(log_alpha), learned with loss alpha * (-log pi - target_entropy), target -|A|;
+- actor and alpha updated every ``actor_update_every`` critic updates, soft target update of the
+  critic (``critic_tau``) and target encoder (``encoder_tau``) every ``target_update_every``.
+
+Plumbing (devices, precision and grad scalers, channels_last, compile, checkpoints, weight
+export) is :class:`~distdrq.agent.drqv2.DrQV2Agent`'s, inherited. One difference from the
+published code, as in drqv2: the actor update reuses the features computed before the critic
+step (detached) instead of encoding obs again with the just-updated encoder.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distdrq.agent.augment import RandomShiftsAug
+from distdrq.agent.drqv2 import (
+    DrQV2Agent,
+    _to_device,
+    batch_to_tensors,
+    resolve_device,
+    resolve_precision,
+)
+from distdrq.agent.networks import Critic, make_encoder, squashed_normal_sample
+from distdrq.agent.policy import make_actor, sac_action
+from distdrq.config import AgentConfig
+from distdrq.types import Batch
+
+_ACTOR_METRICS = ("actor_loss", "actor_logprob", "actor_ent", "alpha_loss", "alpha")
+
+
+class Temperature(nn.Module):
+    """SAC's learned temperature: ``log_alpha`` (a scalar parameter); ``forward()`` -> alpha."""
+
+    def __init__(self, init_temperature: float) -> None:
+        super().__init__()
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(init_temperature)))
+
+    def forward(self) -> torch.Tensor:
+        return self.log_alpha.exp()
+
+
+class DrQAgent(DrQV2Agent):
+    """DrQ (SAC) learner and policy, with :class:`DrQV2Agent`'s interface and plumbing."""
+
+    def __init__(
+        self,
+        obs_shape: tuple[int, int, int],
+        action_dim: int,
+        cfg: AgentConfig,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if cfg.actor_update_every < 1 or cfg.target_update_every < 1:
+            raise ValueError("agent.actor_update_every and agent.target_update_every must be >= 1")
+        if not cfg.init_temperature > 0:
+            raise ValueError(f"agent.init_temperature={cfg.init_temperature} must be > 0")
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device if device is None else device)
+        self.amp_dtype, use_scaler = resolve_precision(cfg.precision, self.device)
+        cuda = self.device.type == "cuda"
+        self.channels_last = cfg.channels_last and cuda
+        if cuda:
+            torch.backends.cudnn.benchmark = True
+        memory_format = torch.channels_last if self.channels_last else torch.preserve_format
+
+        self.encoder = make_encoder(obs_shape, cfg.encoder, cfg.grad_checkpointing)
+        self.encoder.to(self.device, memory_format=memory_format)
+        self.encoder_target = copy.deepcopy(self.encoder).requires_grad_(False)
+        repr_dim = self.encoder.repr_dim
+        self.actor = make_actor(repr_dim, action_dim, cfg).to(self.device)
+        dims = (repr_dim, action_dim, cfg.feature_dim, cfg.hidden_dim)
+        self.critic = Critic(*dims).to(self.device)
+        self.critic_target = Critic(*dims).to(self.device)
+        self.critic_target.load_state_dict(self.critic.state_dict())
+        self.critic_target.requires_grad_(False)
+        self.temperature = Temperature(cfg.init_temperature).to(self.device)
+        self.target_entropy = -float(action_dim)
+
+        # optimizers: one Adam each, as DrQ (the encoder's is DrQ's critic optimizer's share)
+        adam = {"lr": cfg.lr, "fused": True} if cuda else {"lr": cfg.lr}
+        self.encoder_opt = torch.optim.Adam(self.encoder.parameters(), **adam)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), **adam)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), **adam)
+        self.alpha_opt = torch.optim.Adam(self.temperature.parameters(), lr=cfg.lr)
+        # fp16 only: one loss scaler per scaled backward (critic+encoder, actor); the alpha loss
+        # is a fp32 scalar expression and needs none
+        self.critic_scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.actor_scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+
+        self.aug = RandomShiftsAug(pad=4, channels_last=self.channels_last)
+        self._actor_params = list(self.actor.parameters())
+        self._critic_params = list(self.critic.parameters())
+        self._target_params = list(self.critic_target.parameters())
+        self._encoder_params = list(self.encoder.parameters())
+        self._encoder_target_params = list(self.encoder_target.parameters())
+        nan = torch.full((), float("nan"), device=self.device)
+        self._actor_metrics: dict[str, torch.Tensor] = dict.fromkeys(_ACTOR_METRICS, nan)
+        self.num_updates = 0
+        if cfg.compile:
+            for module in (
+                self.encoder,
+                self.encoder_target,
+                self.actor,
+                self.critic,
+                self.critic_target,
+            ):
+                module.compile()
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        """The temperature exp(log_alpha) (with grad to log_alpha)."""
+        return self.temperature()
+
+    def train(self, training: bool = True) -> None:
+        """Set train/eval mode of the networks (they behave the same in both: no dropout/BN)."""
+        for _, module in self._named_modules():
+            module.train(training)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, step: int, eval_mode: bool) -> np.ndarray:
+        """Action float32 [A] for one uint8 observation [C, H, W].
+
+        eval: tanh(mu); else a sample of the squashed Gaussian, replaced by uniform noise in
+        [-1, 1] for the first ``num_expl_steps`` agent steps.
+        """
+        obs_t = _to_device(np.asarray(obs), self.device).unsqueeze(0)
+        with self._autocast():
+            mu, log_std = self.actor(self.encoder(obs_t))
+        action = sac_action(mu, log_std, eval_mode, step < self.cfg.num_expl_steps)
+        return action.float().cpu().numpy()[0]
+
+    @torch.no_grad()
+    def target_q(
+        self,
+        reward: torch.Tensor,
+        discount: torch.Tensor,
+        next_h: torch.Tensor,
+        next_h_target: torch.Tensor,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """r + discount * (min(Q1', Q2')(s', a') - alpha * log pi(a'|s')), a' ~ pi(next_h).
+
+        ``next_h``: online encoder features of s' (the actor's input); ``next_h_target``: target
+        encoder features (the target critic's input); ``noise`` fixes the sample (tests).
+        """
+        with self._autocast():
+            mu, log_std = self.actor(next_h)
+            next_action, log_prob = squashed_normal_sample(mu, log_std, noise)
+            target_q1, target_q2 = self.critic_target(next_h_target, next_action)
+        target_v = torch.min(target_q1, target_q2) - self.alpha.detach() * log_prob
+        return reward + discount * target_v
+
+    def update_critic(
+        self,
+        h: torch.Tensor,
+        action: torch.Tensor,
+        reward: torch.Tensor,
+        discount: torch.Tensor,
+        next_h: torch.Tensor,
+        next_h_target: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """One encoder + critic step on features ``h`` (with grad) against :meth:`target_q`."""
+        target_q = self.target_q(reward, discount, next_h, next_h_target)
+
+        with self._autocast():
+            q1, q2 = self.critic(h, action)
+        critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
+
+        # optimize encoder and critic
+        self.encoder_opt.zero_grad(set_to_none=True)
+        self.critic_opt.zero_grad(set_to_none=True)
+        self.critic_scaler.scale(critic_loss).backward()
+        self.critic_scaler.step(self.critic_opt)
+        self.critic_scaler.step(self.encoder_opt)
+        self.critic_scaler.update()
+
+        return {
+            "critic_target_q": target_q.mean(),
+            "critic_q1": q1.detach().mean(),
+            "critic_q2": q2.detach().mean(),
+            "critic_loss": critic_loss.detach(),
+        }
+
+    def update_actor(
+        self, h: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """One actor step on detached features: loss alpha * log pi(a|s) - min(Q1, Q2)(s, a)."""
+        with self._autocast():
+            mu, log_std = self.actor(h)
+            action, log_prob = squashed_normal_sample(mu, log_std, noise)
+            q1, q2 = self.critic(h, action)
+        actor_loss = (self.alpha.detach() * log_prob - torch.min(q1, q2)).mean()
+
+        # optimize actor; inputs= leaves the critic's gradients alone
+        self.actor_opt.zero_grad(set_to_none=True)
+        self.actor_scaler.scale(actor_loss).backward(inputs=self._actor_params)
+        self.actor_scaler.step(self.actor_opt)
+        self.actor_scaler.update()
+
+        log_prob = log_prob.detach().mean()
+        return {
+            "actor_loss": actor_loss.detach(),
+            "actor_logprob": log_prob,
+            "actor_ent": -log_prob,
+        }
+
+    def update_alpha(self, log_prob: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One temperature step: loss mean(alpha * (-log pi - target_entropy)), log pi detached.
+
+        The loss is linear in log pi, so the batch mean ``log_prob`` gives the same loss.
+        """
+        alpha = self.alpha
+        alpha_loss = alpha * (-log_prob.detach() - self.target_entropy)
+
+        # optimize log_alpha
+        self.alpha_opt.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_opt.step()
+
+        return {"alpha_loss": alpha_loss.detach(), "alpha": alpha.detach()}
+
+    @torch.no_grad()
+    def update_critic_target(self) -> None:
+        """Soft target updates: critic at critic_tau, target encoder at encoder_tau."""
+        torch._foreach_lerp_(self._target_params, self._critic_params, self.cfg.critic_tau)
+        torch._foreach_lerp_(
+            self._encoder_target_params, self._encoder_params, self.cfg.encoder_tau
+        )
+
+    def update(self, batch: Batch | Any, step: int) -> dict[str, float]:
+        """One learner update on ``batch``; the actor/alpha metrics are those of the last actor
+        update (every ``actor_update_every`` calls). ``step`` is unused (no schedules in DrQ)."""
+        obs, action, reward, discount, next_obs = batch_to_tensors(batch, self.device)
+
+        # augment
+        obs = self.aug(obs)
+        next_obs = self.aug(next_obs)
+
+        # encode: obs with grad; next_obs by the online encoder (actor) and the target encoder
+        with self._autocast():
+            h = self.encoder(obs)
+            with torch.no_grad():
+                next_h = self.encoder(next_obs)
+                next_h_target = self.encoder_target(next_obs)
+
+        metrics = {"batch_reward": reward.mean()}
+        metrics.update(self.update_critic(h, action, reward, discount, next_h, next_h_target))
+
+        # update actor and temperature
+        if self.num_updates % self.cfg.actor_update_every == 0:
+            actor_metrics = self.update_actor(h.detach())
+            actor_metrics.update(self.update_alpha(actor_metrics["actor_logprob"]))
+            self._actor_metrics = actor_metrics
+        metrics.update(self._actor_metrics)
+
+        # update critic target
+        if self.num_updates % self.cfg.target_update_every == 0:
+            self.update_critic_target()
+        self.num_updates += 1
+
+        values = torch.stack([v.float() for v in metrics.values()]).tolist()  # one sync
+        return dict(zip(metrics, values, strict=True))
+
+    # ---- checkpoints (state_dict, load_state_dict, policy_state_dict: DrQV2Agent's)
+
+    def _named_modules(self) -> Iterator[tuple[str, torch.nn.Module]]:
+        yield from super()._named_modules()
+        yield from (("encoder_target", self.encoder_target), ("temperature", self.temperature))
+
+    def _named_optimizers(self) -> Iterator[tuple[str, torch.optim.Optimizer]]:
+        yield from super()._named_optimizers()
+        yield ("alpha_opt", self.alpha_opt)
