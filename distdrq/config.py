@@ -143,6 +143,9 @@ class TrainConfig:
     """frames between evaluations"""
     eval_episodes: int = 10
     """episodes per evaluation, acting with the mean action"""
+    video_every_evals: int = 5
+    """record the first episode of the first and every K-th evaluation as RUN_DIR/videos/*.gif
+    (0: never)"""
     checkpoint_every_frames: int = 50_000
     """frames between checkpoints (one more is written at the end)"""
     log_every_frames: int = 1000
@@ -290,6 +293,7 @@ def validate(cfg: Config) -> Config:
         "agent.num_expl_steps",
         "distributed.samples_per_insert",
         "distributed.snapshot_every_inserts",
+        "train.video_every_evals",
     ):
         if get_key(cfg, key) < 0:
             raise ConfigError(f"{key}={get_key(cfg, key)} must be >= 0")

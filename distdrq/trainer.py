@@ -26,6 +26,7 @@ from distdrq.config import Config, ConfigError, from_dict, set_key, to_dict, val
 from distdrq.envs import make_env
 from distdrq.progress import CsvLog, ProgressDisplay
 from distdrq.replay import EpisodeWriter, ReplayShard
+from distdrq.video import video_due, write_gif
 
 CONFIG_FILE = "config.yaml"
 
@@ -48,6 +49,8 @@ class Counters:
     """frame at or after which the next evaluation runs"""
     last_eval_frame: int = -1
     """frame of the last evaluation (-1: none yet)"""
+    evaluations: int = 0
+    """evaluations run so far"""
     next_checkpoint_frame: int = 0
     """frame at or after which the next checkpoint is written (at an episode boundary)"""
     last_train_return: float = float("nan")
@@ -76,22 +79,32 @@ def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) 
     return validate(cfg)
 
 
-def evaluate(agent: Any, env: Any, episodes: int, step: int) -> dict[str, float]:
-    """Run ``episodes`` episodes with the mean action; return mean and std of the returns."""
+def evaluate(
+    agent: Any, env: Any, episodes: int, step: int, frames: list[np.ndarray] | None = None
+) -> dict[str, float]:
+    """Run ``episodes`` episodes with the mean action; return mean and std of the returns.
+
+    ``frames``: if given, the first episode's frames are appended to it (for a video).
+    """
     returns = []
-    for _ in range(episodes):
+    for episode in range(episodes):
         ts = env.reset()
+        record = frames is not None and episode == 0
+        if record:
+            frames.append(ts.frame)
         total = 0.0
         while not ts.last:
             with torch.no_grad():
                 action = agent.act(ts.observation, step, eval_mode=True)
             ts = env.step(action)
             total += ts.reward
+            if record:
+                frames.append(ts.frame)
         returns.append(total)
     arr = np.asarray(returns, dtype=np.float64)
     return {
-        "eval_return": float(arr.mean()),
-        "eval_return_std": float(arr.std()),
+        "eval_return": float(arr.mean()) if returns else float("nan"),
+        "eval_return_std": float(arr.std()) if returns else float("nan"),
         "eval_episodes": len(returns),
     }
 
@@ -162,7 +175,13 @@ class Trainer:
 
     def _run_eval(self, progress: ProgressDisplay) -> None:
         c = self.counters
-        metrics = evaluate(self.agent, self.eval_env, self.cfg.train.eval_episodes, c.step)
+        frames: list[np.ndarray] | None = None
+        if video_due(c.evaluations, self.cfg.train.video_every_evals):
+            frames = []
+        metrics = evaluate(self.agent, self.eval_env, self.cfg.train.eval_episodes, c.step, frames)
+        c.evaluations += 1
+        if frames:
+            write_gif(frames, self.run_dir / "videos" / f"eval_{c.frame:012d}.gif")
         c.last_eval_return = metrics["eval_return"]
         c.last_eval_frame = c.frame
         c.next_eval_frame = c.frame + self.cfg.train.eval_every_frames

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,9 @@ from distdrq.config import Config
 from distdrq.distributed.replay_actor import ReplayClient
 from distdrq.envs import make_env
 from distdrq.replay import EpisodeWriter
+from distdrq.trainer import evaluate
 from distdrq.types import Chunk
+from distdrq.video import video_due, write_gif
 
 # Episode keys are writer_id << 32 | episode; writer ids must never repeat within a run, across
 # actor restarts and resumed sessions alike, because replay snapshots outlive both.
@@ -196,8 +199,14 @@ class EnvActor:
 class Evaluator:
     """Runs mean-action episodes every ``train.eval_every_frames`` global frames."""
 
-    def __init__(self, cfg: Config, run_name: str, next_eval_frame: int = 0) -> None:
+    def __init__(
+        self, cfg: Config, run_name: str, next_eval_frame: int = 0, video_dir: str | None = None
+    ) -> None:
+        """``video_dir``: where evaluation GIFs go (a path every node can write, as for
+        replay snapshots)."""
         _pin_threads()
+        self.video_dir = video_dir
+        self.evaluations = 0
         coordinator, _, _ = lookup(run_name, 0)
         self.cfg = cfg
         self._coord = coordinator
@@ -215,16 +224,17 @@ class Evaluator:
         snap = ray.get(self._coord.snapshot.remote())
         self.follower.refresh(snap["counters"]["weight_version"])
         step = frame // self.cfg.env.action_repeat
-        totals = []
-        for _ in range(self.cfg.train.eval_episodes):
-            ts = self.env.reset()
-            total = 0.0
-            while not ts.last:
-                ts = self.env.step(self.follower.policy.act(ts.observation, step, eval_mode=True))
-                total += ts.reward
-            totals.append(total)
-        mean = float(np.mean(totals)) if totals else float("nan")
-        extra = {"std": float(np.std(totals)) if totals else 0.0, "episodes": len(totals)}
+        frames: list[np.ndarray] | None = None
+        if self.video_dir and video_due(self.evaluations, self.cfg.train.video_every_evals):
+            frames = []
+        result = evaluate(
+            self.follower.policy, self.env, self.cfg.train.eval_episodes, step, frames
+        )
+        self.evaluations += 1
+        if frames:
+            write_gif(frames, Path(self.video_dir) / f"eval_{frame:012d}.gif")
+        mean = result["eval_return"]
+        extra = {"std": result["eval_return_std"], "episodes": result["eval_episodes"]}
         extra["policy_version"] = self.follower.policy.version
         self._coord.report_eval.remote(frame, mean, extra)
         return mean

@@ -217,7 +217,7 @@ def build_topology(
         topo.evaluator = (
             ray.remote(Evaluator)
             .options(name=f"{name}-evaluator", num_cpus=1, max_restarts=-1, max_concurrency=2)
-            .remote(cfg, name, next_eval)
+            .remote(cfg, name, next_eval, str(run_dir.resolve() / "videos"))
         )
     return topo
 

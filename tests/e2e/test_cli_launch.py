@@ -54,6 +54,7 @@ def test_launch_checkpoint_resume(tmp_path):
     assert c1["frames"] >= 3000 and c1["updates"] > 0 and c1["episodes"] >= 1
     assert len(s1["replay_snapshots"]) == 2
     assert s1["rate_limiter"]["inserts"] > 0
+    assert list((run_dir / "videos").glob("eval_*.gif"))  # the evaluator's first evaluation
     shard_files = sorted((run_dir / "replay").glob("shard_*/snapshot_*.ddrq"))
     assert len(shard_files) >= 2
 

@@ -56,6 +56,7 @@ def test_train_checkpoint_resume(tmp_path):
     raw = torch.load(main[0], weights_only=True)  # plain data only
     assert raw["state"]["counters"]["frame"] == 400
     assert (run_dir / "eval.csv").read_text().count("\n") >= 2  # header + evals
+    assert (run_dir / "videos" / "eval_000000000000.gif").stat().st_size > 1000
 
     second = distdrq("train", "--resume", str(run_dir), "--frames", "600", "--plain")
     assert second.returncode == 0, second.stderr[-3000:]
