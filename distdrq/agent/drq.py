@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from distdrq.agent.augment import RandomShiftsAug
@@ -177,25 +176,7 @@ class DrQAgent(DrQV2Agent):
     ) -> dict[str, torch.Tensor]:
         """One encoder + critic step on features ``h`` (with grad) against :meth:`target_q`."""
         target_q = self.target_q(reward, discount, next_h, next_h_target)
-
-        with self._autocast():
-            q1, q2 = self.critic(h, action)
-        critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
-
-        # optimize encoder and critic
-        self.encoder_opt.zero_grad(set_to_none=True)
-        self.critic_opt.zero_grad(set_to_none=True)
-        self.critic_scaler.scale(critic_loss).backward()
-        self.critic_scaler.step(self.critic_opt)
-        self.critic_scaler.step(self.encoder_opt)
-        self.critic_scaler.update()
-
-        return {
-            "critic_target_q": target_q.mean(),
-            "critic_q1": q1.detach().mean(),
-            "critic_q2": q2.detach().mean(),
-            "critic_loss": critic_loss.detach(),
-        }
+        return self.critic_step(h, action, target_q)
 
     def update_actor(
         self, h: torch.Tensor, noise: torch.Tensor | None = None

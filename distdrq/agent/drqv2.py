@@ -190,9 +190,14 @@ class DrQV2Agent:
             target_q1, target_q2 = self.critic_target(next_obs, next_action)
             target_v = torch.min(target_q1, target_q2)
             target_q = reward + (discount * target_v)
+        return self.critic_step(obs, action, target_q)
 
+    def critic_step(
+        self, h: torch.Tensor, action: torch.Tensor, target_q: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Twin-Q regression of the critic (and, through ``h``, the encoder) onto ``target_q``."""
         with self._autocast():
-            q1, q2 = self.critic(obs, action)
+            q1, q2 = self.critic(h, action)
         critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
 
         # optimize encoder and critic
