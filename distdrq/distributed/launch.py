@@ -27,8 +27,8 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from distdrq.checkpoint import load_latest, save_checkpoint
-from distdrq.config import Config, ConfigError
+from distdrq.checkpoint import list_checkpoints, load_latest, save_checkpoint
+from distdrq.config import Config
 from distdrq.distributed.coordinator import Coordinator
 from distdrq.distributed.env_actor import EnvActor, Evaluator
 from distdrq.distributed.learner import Learner
@@ -136,6 +136,11 @@ def _learner_options(cfg: Config, resources: dict[str, float]) -> tuple[float, i
     gpus = cfg.distributed.learner_gpus
     if gpus < 0:
         gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
+    if gpus > resources.get("GPU", 0):
+        raise LaunchError(
+            f"distributed.learner_gpus={gpus:g} but the cluster has "
+            f"{resources.get('GPU', 0):g} GPUs; add a GPU node or use distributed.learner_gpus=-1"
+        )
     return gpus, 1
 
 
@@ -361,6 +366,24 @@ class Driver:
             return ray.get(self.topo.limiter.stats.remote(), timeout=5)
         return None
 
+    def finish(self, reason: str) -> tuple[dict[str, Any], Path]:
+        """Stop every loop, run the final evaluation (if the budget was reached), checkpoint."""
+        topo = self.topo
+        assert topo is not None
+        ray.get(topo.coordinator.stop.remote())
+        if topo.limiter is not None:  # release actors waiting for admission
+            topo.limiter.close.remote()
+        for ref in list(self.loops):
+            with contextlib.suppress(ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+                ray.get(ref, timeout=60)
+        if topo.evaluator is not None and reason == "done":
+            with contextlib.suppress(ray.exceptions.RayError):
+                frames = ray.get(topo.coordinator.snapshot.remote())["counters"]["frames"]
+                ray.get(topo.evaluator.evaluate.remote(frames))
+        snap = ray.get(topo.coordinator.snapshot.remote())
+        self._show(snap)
+        return snap["counters"], self.checkpoint(snap)
+
     def checkpoint(self, snap: dict[str, Any] | None = None) -> Path:
         """Learner state + counters (main file) after snapshots of every shard."""
         topo = self.topo
@@ -437,6 +460,7 @@ def launch(
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     reason = "error"
+    failure = ""
     try:
         driver.topo = build_topology(
             cfg, name, run_dir, resources, counters, learner_state, session, limiter_state
@@ -459,33 +483,32 @@ def launch(
             except KeyboardInterrupt:
                 reason = "interrupted"
                 progress.message("interrupted: stopping actors and writing a checkpoint")
-            ray.get(driver.topo.coordinator.stop.remote())
-            if driver.topo.limiter is not None:  # release actors waiting for admission
-                driver.topo.limiter.close.remote()
-            for ref in list(driver.loops):
-                with contextlib.suppress(ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
-                    ray.get(ref, timeout=60)
-            if driver.topo.evaluator is not None and reason == "done":
-                with contextlib.suppress(ray.exceptions.RayError):
-                    frames = ray.get(driver.topo.coordinator.snapshot.remote())["counters"]
-                    ray.get(driver.topo.evaluator.evaluate.remote(frames["frames"]))
-            snap = ray.get(driver.topo.coordinator.snapshot.remote())
-            driver._show(snap)
-            path = driver.checkpoint(snap)
-            state_counters = snap["counters"]
+            except ray.exceptions.RayError as exc:  # e.g. the coordinator's node was lost
+                reason = "failed"
+                failure = str(exc).strip().splitlines()[0][:200]
+                progress.message(f"unrecoverable failure: {failure}; writing a checkpoint")
+            try:
+                state_counters, path = driver.finish(reason)
+            except ray.exceptions.RayError as exc:
+                last = list_checkpoints(run_dir)
+                raise LaunchError(
+                    f"the run failed ({failure if reason == 'failed' else exc}) and no final "
+                    f"checkpoint could be written; resume from the last one with --resume "
+                    f"{run_dir}" + (f" ({last[0].name})" if last else " (none yet)")
+                ) from exc
+            word = reason if reason in ("done", "failed") else "stopped"
             progress.message(
-                f"{'done' if reason == 'done' else 'stopped'} at frame "
+                f"{word} at frame "
                 f"{state_counters['frames']:,} ({state_counters['updates']:,} updates, "
                 f"{state_counters['episodes']} episodes); checkpoint {path}"
+            )
+        if reason == "failed":
+            raise LaunchError(
+                f"the run failed ({failure}); a checkpoint was written: continue with "
+                f"--resume {run_dir}"
             )
         return state_counters | {"reason": reason, "restarts": driver.restarts}
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
         ray.shutdown()
-
-
-def validate_launch_args(actors: int | None) -> None:
-    """One-line errors for command-line values the config cannot check itself."""
-    if actors is not None and actors < 1:
-        raise ConfigError(f"--actors {actors}: need at least 1 env actor")

@@ -85,7 +85,13 @@ def _shard_stats(shard):
 def test_killed_env_actor_and_shard_recover(tmp_path):
     run_dir = tmp_path / "ft"
     proc = _start(
-        run_dir, "--actors", "2", "--shards", "2", "distributed.snapshot_every_inserts=50"
+        run_dir,
+        "--actors",
+        "2",
+        "--shards",
+        "2",
+        "distributed.snapshot_every_inserts=50",
+        "train.checkpoint_every_frames=600",
     )
     try:
         lines = _wait_for_line(proc, "learner on")
@@ -118,6 +124,14 @@ def test_killed_env_actor_and_shard_recover(tmp_path):
         _until(lambda: _snapshot(coord)["counters"]["frames"] > after_kill + 500, timeout=180)
         start_env0 = _snapshot(coord)["roles"]["env-0"]["frames"]
         _until(lambda: _snapshot(coord)["roles"]["env-0"]["frames"] > start_env0, timeout=180)
+
+        # kill the learner once a checkpoint exists: the driver recreates it from that checkpoint
+        _until(lambda: list((run_dir / "checkpoints").glob("ckpt_*.pt")), timeout=180)
+        learner = ray.get_actor(f"{name}-learner")
+        ray.kill(learner, no_restart=True)
+        _until(lambda: _snapshot(coord)["roles"]["learner"]["starts"] >= 2, timeout=180)
+        updates = _snapshot(coord)["counters"]["updates"]
+        _until(lambda: _snapshot(coord)["counters"]["updates"] > updates, timeout=180)
     finally:
         ray.shutdown()
         out = _stop(proc) if proc.poll() is None else proc.stdout.read()
@@ -131,6 +145,28 @@ def test_multi_node_spread_and_node_loss(tmp_path):
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 4})
     worker = cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
+    # a run the cluster can never fit is refused at once instead of waiting forever
+    too_big = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distdrq.cli",
+            "launch",
+            "--run-dir",
+            str(tmp_path / "big"),
+            "--address",
+            cluster.address,
+            "--actors",
+            "20",
+            "--task",
+            "cartpole_swingup",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert too_big.returncode == 1, too_big.stderr[-2000:]
+    assert "the cluster has 6 CPUs but this run needs 24" in too_big.stderr
     run_dir = tmp_path / "mn"
     proc = _start(run_dir, "--actors", "2", "--shards", "1", "--address", cluster.address)
     try:
