@@ -6,9 +6,8 @@ import math
 import os
 from typing import Any
 
+from distdrq.distributed import enable_token_auth_if_available
 from distdrq.distributed.launch import NAMESPACE, LaunchError, _check_reachable
-
-# ray is imported inside the functions: distdrq.distributed (imported above) must come first
 
 
 def _alive(handle: Any) -> bool:
@@ -27,6 +26,7 @@ def collect_status(address: str) -> list[dict[str, Any]]:
 
     if address not in ("auto",):
         _check_reachable(address)
+        enable_token_auth_if_available()
     ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, configure_logging=False)
     try:
         names = [

@@ -1,30 +1,31 @@
-"""The Ray layer: launch, coordinator, env actors, learner, replay actors.
-
-Ray is imported only below this package. Importing it first runs
-:func:`enable_token_auth_if_available`, which must happen before Ray itself is imported.
-"""
+"""The Ray layer: launch, coordinator, env actors, learner, replay actors."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 
 def enable_token_auth_if_available() -> None:
-    """Let this process authenticate to the Ray clusters it joins.
+    """Let this process authenticate to a Ray cluster it joins by explicit address.
 
-    Ray 2.60 clusters use token authentication by default, but a client joining one with
-    ``ray.init(address=...)`` sends its token (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
-    ``~/.ray/auth_token``) only if ``RAY_AUTH_MODE=token`` was set *before Ray was imported*
-    (Ray reads it into its configuration once); otherwise the cluster answers "Authentication
-    token is missing or incorrect". An explicit RAY_AUTH_MODE always wins.
+    Ray 2.60 clusters use token authentication by default, but ``ray.init(address=...)`` with
+    an explicit address sends the token (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
+    ``~/.ray/auth_token``) only when ``RAY_AUTH_MODE=token``; otherwise the cluster answers
+    "Authentication token is missing or incorrect". Call this right before joining. It does
+    what Ray's own ``_enable_token_auth`` does: set the variable (child processes inherit it)
+    and refresh Ray's configuration, which Ray caches when it is imported. An explicit
+    RAY_AUTH_MODE always wins; without a token nothing changes.
     """
     if "RAY_AUTH_MODE" in os.environ:
         return
     default = Path.home() / ".ray" / "auth_token"
     token_file = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", str(default)))
-    if os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file():
-        os.environ["RAY_AUTH_MODE"] = "token"
+    if not (os.environ.get("RAY_AUTH_TOKEN") or token_file.is_file()):
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if "ray" in sys.modules:
+        from ray._raylet import Config
 
-
-enable_token_auth_if_available()
+        Config.initialize("")

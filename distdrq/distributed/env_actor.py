@@ -58,6 +58,9 @@ def lookup(run_name: str, num_shards: int) -> tuple[Any, list[Any], Any | None]:
 def _pin_threads() -> None:
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # Mesa's software rasteriser (llvmpipe) renders with extra threads unless told otherwise;
+    # read when the GL context is created, so this must run before the env is made
+    os.environ.setdefault("LP_NUM_THREADS", "1")
 
 
 class _PolicyFollower:

@@ -29,6 +29,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from distdrq.checkpoint import list_checkpoints, load_latest, save_checkpoint
 from distdrq.config import Config
+from distdrq.distributed import enable_token_auth_if_available
 from distdrq.distributed.coordinator import Coordinator
 from distdrq.distributed.env_actor import EnvActor, Evaluator
 from distdrq.distributed.learner import Learner
@@ -82,6 +83,7 @@ def connect(cfg: Config, address: str | None, notice: Any = print) -> dict[str, 
     runtime_env = {"env_vars": {"MUJOCO_GL": os.environ.get("MUJOCO_GL", cfg.env.gl_backend)}}
     if address:
         _check_reachable(address)
+        enable_token_auth_if_available()
         ray.init(address=address, namespace=NAMESPACE, runtime_env=runtime_env, log_to_driver=False)
         resources = ray.cluster_resources()
         if resources.get("CPU", 0) < need:

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-import distdrq.distributed  # noqa: F401  (before ray: lets this process join token-auth clusters)
-
 ray = pytest.importorskip("ray")
+
+from distdrq.distributed import enable_token_auth_if_available  # noqa: E402
 
 COMMON = [
     "--plain",
@@ -96,6 +96,7 @@ def test_killed_env_actor_and_shard_recover(tmp_path):
     try:
         lines = _wait_for_line(proc, "learner on")
         address = next(x for x in lines if x.startswith("Ray cluster at ")).split()[3]
+        enable_token_auth_if_available()  # joining by explicit address
         ray.init(address=address, namespace="distdrq", log_to_driver=False)
         name = f"distdrq-{run_dir.name}"
         coord = ray.get_actor(f"{name}-coordinator")
@@ -171,6 +172,7 @@ def test_multi_node_spread_and_node_loss(tmp_path):
     proc = _start(run_dir, "--actors", "2", "--shards", "1", "--address", cluster.address)
     try:
         _wait_for_line(proc, "learner on")
+        enable_token_auth_if_available()
         ray.init(address=cluster.address, namespace="distdrq", log_to_driver=False)
         name = f"distdrq-{run_dir.name}"
         coord = ray.get_actor(f"{name}-coordinator")
