@@ -105,11 +105,9 @@ def _role_of(title: str) -> str:
     return "ray system (raylet, gcs, dashboard, ...)"
 
 
-def cpu_by_role() -> dict[str, float]:
-    """CPU seconds so far: this process, its descendants by role, and everything else."""
-    table = _proc_table()
-    me = os.getpid()
-    mine: set[int] = {me}
+def _self_and_descendants(table: dict) -> set[int]:
+    """This process and every process below it in ``table`` (pid -> (ppid, title, cpu))."""
+    mine = {os.getpid()}
     changed = True
     while changed:
         changed = False
@@ -117,6 +115,14 @@ def cpu_by_role() -> dict[str, float]:
             if ppid in mine and pid not in mine:
                 mine.add(pid)
                 changed = True
+    return mine
+
+
+def cpu_by_role() -> dict[str, float]:
+    """CPU seconds so far: this process, its descendants by role, and everything else."""
+    table = _proc_table()
+    me = os.getpid()
+    mine = _self_and_descendants(table)
     out: dict[str, float] = {}
     for pid, (_, title, cpu) in table.items():
         if pid == me:
@@ -140,14 +146,7 @@ def system_busy_seconds() -> float:
 def ray_descendants_alive() -> int:
     """Ray processes (raylet, gcs, workers, dashboard) started by this process still alive."""
     table = _proc_table()
-    mine = {os.getpid()}
-    changed = True
-    while changed:
-        changed = False
-        for pid, (ppid, _, _) in table.items():
-            if ppid in mine and pid not in mine:
-                mine.add(pid)
-                changed = True
+    mine = _self_and_descendants(table)
     return sum(1 for pid in mine - {os.getpid()} if "ray" in table[pid][1].lower())
 
 

@@ -52,7 +52,7 @@ class LaunchError(RuntimeError):
 
 
 def _check_reachable(address: str, timeout: float = 3.0) -> None:
-    if address in ("auto", "local") or address.startswith("ray://") is False and ":" not in address:
+    if ":" not in address:  # "auto", "local": nothing to probe
         return
     hostport = address.split("://", 1)[-1]
     host, _, port = hostport.rpartition(":")
@@ -134,7 +134,7 @@ class Topology:
     limiter: Any | None = None
 
 
-def _learner_options(cfg: Config, resources: dict[str, float]) -> tuple[float, int]:
+def _learner_gpus(cfg: Config, resources: dict[str, float]) -> float:
     gpus = cfg.distributed.learner_gpus
     if gpus < 0:
         gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
@@ -143,7 +143,7 @@ def _learner_options(cfg: Config, resources: dict[str, float]) -> tuple[float, i
             f"distributed.learner_gpus={gpus:g} but the cluster has "
             f"{resources.get('GPU', 0):g} GPUs; add a GPU node or use distributed.learner_gpus=-1"
         )
-    return gpus, 1
+    return gpus
 
 
 def start_learner(topo: Topology, cfg: Config, name: str, state: dict[str, Any] | None) -> Any:
@@ -202,7 +202,7 @@ def build_topology(
         num_cpus=1,
         run_name=name,
     )
-    learner_gpus, _ = _learner_options(cfg, resources)
+    learner_gpus = _learner_gpus(cfg, resources)
     topo = Topology(coordinator, shards, None, [], None, learner_gpus, obs_shape, action_dim)
     topo.limiter = limiter
     topo.learner = start_learner(topo, cfg, name, learner_state)
