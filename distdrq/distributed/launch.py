@@ -467,7 +467,16 @@ def launch(
         driver.topo = build_topology(
             cfg, name, run_dir, resources, counters, learner_state, session, limiter_state
         )
-        device = ray.get(driver.topo.learner.device.remote())
+        try:
+            device = ray.get(driver.topo.learner.device.remote())
+        except ray.exceptions.ActorDiedError as exc:
+            if "never ran" not in str(exc):
+                raise
+            raise LaunchError(
+                "the cluster did not start distdrq's actors; if it runs without token "
+                "authentication, set RAY_AUTH_MODE=disabled for distdrq too (with a token in "
+                "~/.ray/auth_token distdrq joins in token mode, as `ray start --head` runs)"
+            ) from exc
         if device == "cpu":
             progress.message("notice: no GPU in the cluster; the learner runs on CPU (slow)")
         progress.message(

@@ -1,5 +1,6 @@
 """Fault tolerance on a real Ray cluster: killed env actor and shard, and a lost worker node."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -143,6 +144,9 @@ def test_killed_env_actor_and_shard_recover(tmp_path):
 def test_multi_node_spread_and_node_loss(tmp_path):
     from ray.cluster_utils import Cluster
 
+    # like `ray start --head`, a token-auth cluster (cluster_utils starts its nodes in the mode
+    # this process is in); before, this test passed only when another test had set the mode
+    enable_token_auth_if_available()
     cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 4})
     worker = cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
@@ -172,7 +176,6 @@ def test_multi_node_spread_and_node_loss(tmp_path):
     proc = _start(run_dir, "--actors", "2", "--shards", "1", "--address", cluster.address)
     try:
         _wait_for_line(proc, "learner on")
-        enable_token_auth_if_available()
         ray.init(address=cluster.address, namespace="distdrq", log_to_driver=False)
         name = f"distdrq-{run_dir.name}"
         coord = ray.get_actor(f"{name}-coordinator")
@@ -194,4 +197,47 @@ def test_multi_node_spread_and_node_loss(tmp_path):
         ray.shutdown()
         if proc.poll() is None:
             _stop(proc)
+        cluster.shutdown()
+
+
+@pytest.mark.slow
+def test_auth_mode_mismatch_is_a_clear_error(tmp_path, monkeypatch):
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # a cluster without token auth
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 4})
+    try:
+        env = dict(os.environ)
+        env.pop("RAY_AUTH_MODE")  # distdrq, with a token file, joins in token mode
+        token = tmp_path / "token"
+        token.write_text("0123456789abcdef" * 4)
+        env["RAY_AUTH_TOKEN_PATH"] = str(token)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "distdrq.cli",
+                "launch",
+                "--run-dir",
+                str(tmp_path / "x"),
+                "--address",
+                cluster.address,
+                "--metrics-port",
+                "0",
+                *COMMON[:6],
+                "distributed.evaluator=false",
+                "--actors",
+                "1",
+                "--shards",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env=env,
+        )
+        assert result.returncode == 1, result.stderr[-2000:]
+        errors = [x for x in result.stderr.splitlines() if x.startswith("error:")]
+        assert len(errors) == 1 and "RAY_AUTH_MODE=disabled" in errors[0]
+    finally:
         cluster.shutdown()
