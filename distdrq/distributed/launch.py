@@ -464,13 +464,14 @@ def launch(
     reason = "error"
     failure = ""
     try:
-        driver.topo = build_topology(
-            cfg, name, run_dir, resources, counters, learner_state, session, limiter_state
-        )
         try:
+            driver.topo = build_topology(
+                cfg, name, run_dir, resources, counters, learner_state, session, limiter_state
+            )
             device = ray.get(driver.topo.learner.device.remote())
-        except ray.exceptions.ActorDiedError as exc:
-            if "never ran" not in str(exc):
+        except (ray.exceptions.ActorDiedError, ray.exceptions.RaySystemError) as exc:
+            # the cluster cancels actor creation (how an auth-mode mismatch shows itself)
+            if "never ran" not in str(exc) and "creation cancelled" not in str(exc):
                 raise
             raise LaunchError(
                 "the cluster did not start distdrq's actors; if it runs without token "

@@ -238,6 +238,6 @@ def test_auth_mode_mismatch_is_a_clear_error(tmp_path, monkeypatch):
         )
         assert result.returncode == 1, result.stderr[-2000:]
         errors = [x for x in result.stderr.splitlines() if x.startswith("error:")]
-        assert len(errors) == 1 and "RAY_AUTH_MODE=disabled" in errors[0]
+        assert len(errors) == 1 and "RAY_AUTH_MODE=disabled" in errors[0], result.stderr[-3000:]
     finally:
         cluster.shutdown()
