@@ -9,7 +9,17 @@ per codec: ``stats()`` bytes per transition and ratio against DrQ-v2 (index over
 shard's batches per second timed alternately in the same loop, actor-side encode ms per frame
 (codec writer time minus raw writer time) and memory for 1M transitions, extrapolated.
 
+``--copies K`` fills each shard with K copies of the rendered episodes (each its own memory):
+with the default K=1 the compressed frames fit in the CPU caches, as in a small shard; K=100
+(100k transitions, hundreds of MB) gives the speed of a full-size shard, whose reads miss them.
+
+On disk: a snapshot file of the lz4-tree shard is written with each disk codec (``stored``: the
+replay bytes as they are; ``cm``: the context-modelling coder of distdrq.replay.diskcodec) and
+read back into a shard; reported as file bytes per transition, ratio against DrQ-v2, and write
+and restore milliseconds per frame (restore includes re-encoding for the in-memory codec).
+
     python benchmarks/replay.py [--episodes 2] [--reps 40] [--codecs lz4-key16,lz4-tree]
+        [--copies 1] [--no-disk]
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMB
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -32,13 +43,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from replay_codec import render_episode  # noqa: E402
 
 from distdrq.replay import EpisodeWriter, ReplayShard, drqv2_bytes_per_transition  # noqa: E402
+from distdrq.replay.shard import disk_state  # noqa: E402
+from distdrq.replay.snapshot import read_snapshot, write_snapshot  # noqa: E402
 
 TASKS = ("walker_walk", "cheetah_run", "quadruped_walk")
 FIELDS = ("obs", "next_obs", "action", "reward", "discount", "version")
 
 
-def fill(shard: ReplayShard, codec: str, episodes: list[np.ndarray], chunk: int) -> float:
-    """Write ``episodes`` through a writer of ``codec`` into ``shard``; seconds in the writer."""
+def fill(
+    shard: ReplayShard, codec: str, episodes: list[np.ndarray], chunk: int, copies: int = 1
+) -> float:
+    """Write ``episodes`` (``copies`` times, as new episodes) through a writer of ``codec`` into
+    ``shard``; seconds in the writer for one copy."""
     writer = EpisodeWriter(0, chunk_length=chunk, codec=codec)
     rng = np.random.default_rng(0)
     spent = 0.0
@@ -55,7 +71,48 @@ def fill(shard: ReplayShard, codec: str, episodes: list[np.ndarray], chunk: int)
         spent += time.perf_counter() - t0
         for out in chunks:
             shard.insert(out)
+        for _ in range(copies - 1):  # the same bytes as another episode, in memory of its own
+            key = shard.num_episodes + 10**6
+            for out in chunks:
+                enc = out.encoded
+                if enc is not None:
+                    payload = bytearray(memoryview(enc.payload))
+                    enc = dataclasses.replace(enc, payload=np.frombuffer(payload, np.uint8))
+                frames_copy = np.array(out.frames, copy=True)
+                shard.insert(
+                    dataclasses.replace(out, episode_key=key, frames=frames_copy, encoded=enc)
+                )
     return spent
+
+
+def disk_rows(task: str, shard: ReplayShard, frames: int, tmp: Path) -> list[dict]:
+    """Snapshot files of ``shard`` with each disk codec: size, write and restore time."""
+    rows = []
+    transitions = len(shard)
+    for disk_codec in ("stored", "cm"):
+        path = tmp / f"{task}_{disk_codec}.ddrq"
+        t0 = time.perf_counter()
+        size = write_snapshot(path, disk_state(shard.state_dict(), disk_codec))
+        t1 = time.perf_counter()
+        restored = ReplayShard(10**7, 3, 0.99, 3, seed=0, codec=shard.codec)
+        restored.load_state_dict(read_snapshot(path))
+        t2 = time.perf_counter()
+        a = shard.sample(256, rng=np.random.default_rng(2))
+        b = restored.sample(256, rng=np.random.default_rng(2))
+        assert all(np.array_equal(getattr(a, f), getattr(b, f)) for f in FIELDS), disk_codec
+        path.unlink()
+        bpt = size / transitions
+        rows.append(
+            dict(
+                task=task,
+                disk=disk_codec,
+                bpt=bpt,
+                ratio=drqv2_bytes_per_transition(shard.empty_batch(1).obs.shape[1:], 1) / bpt,
+                write_ms=(t1 - t0) / frames * 1e3,
+                restore_ms=(t2 - t1) / frames * 1e3,
+            )
+        )
+    return rows
 
 
 def bench_task(task: str, args: argparse.Namespace) -> list[dict]:
@@ -65,11 +122,11 @@ def bench_task(task: str, args: argparse.Namespace) -> list[dict]:
     make = lambda codec: ReplayShard(10**7, 3, 0.99, 3, seed=0, codec=codec)  # noqa: E731
     raw = make("raw")
     raw_writer_s = min(fill(make("raw"), "raw", episodes, args.chunk) for _ in range(2))
-    fill(raw, "raw", episodes, args.chunk)
+    fill(raw, "raw", episodes, args.chunk, args.copies)
     shards, rows = {}, []
     for codec in args.codecs:
         shard = make(codec)
-        spent = fill(shard, codec, episodes, args.chunk)
+        spent = fill(shard, codec, episodes, args.chunk, args.copies)
         a, b = (
             shard.sample(256, rng=np.random.default_rng(1)),
             raw.sample(256, rng=np.random.default_rng(1)),
@@ -111,6 +168,10 @@ def bench_task(task: str, args: argparse.Namespace) -> list[dict]:
         row["bps"] = 1.0 / np.median(times[row["codec"]])
         row["raw_bps"] = raw_bps
         row["drqv2"] = drqv2_bytes_per_transition(shape, 3)
+    if not args.no_disk and "lz4-tree" in shards:
+        args.disk_rows += disk_rows(
+            task, shards["lz4-tree"], shards["lz4-tree"].stats()["frames"], args.data
+        )
     return rows
 
 
@@ -122,7 +183,10 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=40, help="timed batches per shard")
     p.add_argument("--chunk", type=int, default=50, help="writer chunk_length")
     p.add_argument("--data", type=Path, default=Path("/tmp/codec_data"))
+    p.add_argument("--copies", type=int, default=1, help="copies of each episode in a shard")
+    p.add_argument("--no-disk", action="store_true", help="skip the snapshot (disk) table")
     args = p.parse_args()
+    args.disk_rows = []
     args.codecs = [c for c in args.codecs.split(",") if c != "raw"]
     try:
         import torch
@@ -134,7 +198,7 @@ def main() -> None:
     print(
         f"machine: {platform.node()} {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}; one thread; "
-        f"{args.episodes} episodes per task, writer chunk_length {args.chunk}, "
+        f"{args.episodes} episodes x {args.copies} copies per task, writer chunk_length {args.chunk}, "
         f"medians of {args.reps} sample(256) calls, nstep 3, frame_stack 3\n"
     )
     print(
@@ -149,6 +213,17 @@ def main() -> None:
                 f"| {r['bps']:.0f} | {r['raw_bps']:.0f} | {r['bps'] / r['raw_bps']:.2f} "
                 f"| {r['enc_ms']:.2f} | {r['bpt'] * 1e6 / 2**30:.1f} GiB |",
                 flush=True,
+            )
+    if args.disk_rows:
+        print("\nOn disk (snapshot file of the lz4-tree shard, written and restored):\n")
+        print(
+            "| task | disk codec | file B/transition | vs DrQ-v2 | write ms/frame | restore ms/frame |"
+        )
+        print("|---|---|---|---|---|---|")
+        for r in args.disk_rows:
+            print(
+                f"| {r['task']} | {r['disk']} | {r['bpt']:,.0f} | {r['ratio']:.1f}x "
+                f"| {r['write_ms']:.2f} | {r['restore_ms']:.2f} |"
             )
 
 

@@ -154,13 +154,16 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[st
 
 
 def load_latest(
-    run_dir: str | Path, warn: Callable[[str], None] = print
+    run_dir: str | Path,
+    warn: Callable[[str], None] = print,
+    restore: Callable[[dict[str, Any], dict[str, dict[str, Any]]], None] | None = None,
 ) -> tuple[Path, dict[str, Any], dict[str, dict[str, Any]]]:
     """Load the newest readable checkpoint of a run.
 
     A broken main file is renamed to ``*.broken`` (never deleted) and reported through ``warn``,
     and the previous checkpoint is tried, so that later saves never rotate out a good checkpoint
-    in favour of a broken one.
+    in favour of a broken one. ``restore(state, parts)``, if given, is applied to each candidate;
+    a ValueError from it (for example damaged replay frames) makes that checkpoint broken too.
     """
     candidates = list_checkpoints(run_dir)
     if not candidates:
@@ -171,6 +174,11 @@ def load_latest(
     for path in candidates:
         try:
             state, parts = load_checkpoint(path)
+            if restore is not None:
+                try:
+                    restore(state, parts)
+                except ValueError as exc:
+                    raise CheckpointError(f"checkpoint {path} does not load: {exc}") from exc
         except CheckpointError as exc:
             errors.append(str(exc))
             aside = path.with_name(path.name + ".broken")

@@ -26,6 +26,7 @@ from distdrq.config import Config, ConfigError, from_dict, set_key, to_dict, val
 from distdrq.envs import make_env
 from distdrq.progress import CsvLog, ProgressDisplay
 from distdrq.replay import EpisodeWriter, ReplayShard
+from distdrq.replay.shard import disk_state
 from distdrq.video import video_due, write_gif
 
 CONFIG_FILE = "config.yaml"
@@ -154,13 +155,15 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "writer": {"episodes_started": self.writer.episodes_started},
         }
-        parts = {"replay": self.replay.state_dict()}
+        parts = {"replay": disk_state(self.replay.state_dict(), self.cfg.replay.disk_codec)}
         return save_checkpoint(self.run_dir, self.counters.frame, state, parts)
 
     def _restore(self) -> None:
-        path, state, parts = load_latest(self.run_dir, warn=self._messages.append)
-        self.agent.load_state_dict(state["agent"])
-        self.replay.load_state_dict(parts["replay"])
+        def restore(state: dict[str, Any], parts: dict[str, dict[str, Any]]) -> None:
+            self.replay.load_state_dict(parts["replay"])  # ValueError: damaged replay frames
+            self.agent.load_state_dict(state["agent"])
+
+        path, state, parts = load_latest(self.run_dir, warn=self._messages.append, restore=restore)
         known = {f.name for f in dataclasses.fields(Counters)}
         self.counters = Counters(**{k: v for k, v in state["counters"].items() if k in known})
         self.sample_rng.bit_generator.state = state["sample_rng"]

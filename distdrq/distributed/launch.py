@@ -391,7 +391,7 @@ class Driver:
         topo = self.topo
         assert topo is not None
         learner_state = ray.get(topo.learner.state.remote(), timeout=300)
-        snapshots = ray.get([s.snapshot.remote() for s in topo.shards], timeout=600)
+        snapshots = ray.get([s.snapshot.remote() for s in topo.shards], timeout=3600)
         snap = snap or ray.get(topo.coordinator.snapshot.remote())
         limiter = ray.get(topo.limiter.state_dict.remote()) if topo.limiter else None
         state = {

@@ -27,6 +27,7 @@ import ray
 from distdrq.config import ReplayConfig
 from distdrq.replay import ReplayShard
 from distdrq.replay.ratelimit import RateLimiter, RateLimiterClosed
+from distdrq.replay.shard import disk_state
 from distdrq.replay.snapshot import SnapshotStore
 from distdrq.types import Batch, Chunk
 
@@ -51,7 +52,7 @@ class ReplayServer:
     behind a blocked insert or sample.
     """
 
-    CONCURRENCY_GROUPS = {"insert": 1, "sample": 4, "admin": 2}
+    CONCURRENCY_GROUPS = {"insert": 1, "sample": 4, "admin": 3}
 
     def __init__(
         self,
@@ -80,6 +81,8 @@ class ReplayServer:
             seed=seed + 7919 * index,
             codec=cfg.codec,
         )
+        self.disk_codec = cfg.disk_codec
+        self._empty_state = self.shard.state_dict()
         self.limiter = (
             RateLimiter(samples_per_insert, min_size_to_sample)
             if samples_per_insert is not None
@@ -95,12 +98,15 @@ class ReplayServer:
             SnapshotStore(Path(snapshot_dir) / f"shard_{index:03d}") if snapshot_dir else None
         )
         if self.snapshots is not None:
-            found = self.snapshots.load_latest(warn=self.messages.append)
+            found = self.snapshots.load_latest(warn=self.messages.append, restore=self._restore)
             if found is not None:
-                path, state = found
-                self.shard.load_state_dict(state["shard"])
-                self.limiter.load_state_dict(state["limiter"])
-                self.restored_from = str(path)
+                self.restored_from = str(found[0])
+            else:
+                self.shard.load_state_dict(self._empty_state)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.shard.load_state_dict(state["shard"])
+        self.limiter.load_state_dict(state["limiter"])
 
     # -- data path ---------------------------------------------------------------------------
 
@@ -150,9 +156,12 @@ class ReplayServer:
             return None
         with self._snapshot_lock:
             with self._lock:  # finished episodes are immutable: the state holds views, not copies
-                state = {"shard": self.shard.state_dict(), "limiter": self.limiter.state_dict()}
+                shard = self.shard.state_dict()
+                limiter = self.limiter.state_dict()
                 sequence = self.limiter.stats().inserts
                 self._inserted_since_snapshot = 0
+            # coding the frames for disk takes a while: outside the lock, sampling goes on
+            state = {"shard": disk_state(shard, self.disk_codec), "limiter": limiter}
             return str(self.snapshots.save(state, sequence))
 
     @ray.method(concurrency_group="admin")

@@ -26,6 +26,7 @@ from distdrq.replay.codec import (
     decode_windows,
     decode_windows_into,
 )
+from distdrq.replay.diskcodec import decode_frames, encode_frames
 from distdrq.types import Batch, Chunk
 
 _U32 = (1 << 32) - 1
@@ -121,7 +122,10 @@ class RawFrameStore(FrameStore):
 
     @classmethod
     def from_state(cls, state: dict[str, Any], frame_shape: tuple[int, ...]) -> RawFrameStore:
-        frames = np.ascontiguousarray(state["frames"])
+        if "frames.cm" in state:
+            frames = _disk_frames(state["frames.cm"], frame_shape)
+        else:
+            frames = np.ascontiguousarray(state["frames"])
         if frames.dtype != np.uint8 or frames.shape[1:] != tuple(frame_shape):
             raise ValueError(
                 f"stored frames are {frames.dtype} {frames.shape}, expected uint8 [F, *{frame_shape}]"
@@ -206,6 +210,11 @@ class EncodedFrameStore(FrameStore):
     def from_state(
         cls, state: dict[str, Any], frame_shape: tuple[int, ...], codec: str = DEFAULT_CODEC
     ) -> EncodedFrameStore:
+        if "frames.cm" in state:  # disk-coded: decode, then encode with this store's codec
+            store = cls(codec, frame_shape)
+            store.append(_disk_frames(state["frames.cm"], frame_shape))
+            store.finalize()
+            return store
         payload = np.ascontiguousarray(state["frames.payload"])
         sizes = np.asarray(state["frames.sizes"], np.int64)
         if payload.dtype != np.uint8 or payload.ndim != 1 or sizes.ndim != 1:
@@ -218,6 +227,54 @@ class EncodedFrameStore(FrameStore):
         store = cls(codec, frame_shape)
         store.episode = store._rebuilt(payload, sizes)
         return store
+
+
+def _disk_frames(blob: Any, frame_shape: tuple[int, ...]) -> np.ndarray:
+    frames = decode_frames(np.ascontiguousarray(np.asarray(blob, np.uint8)).reshape(-1))
+    if frames.shape[1:] != tuple(frame_shape):
+        raise ValueError(
+            f"disk-coded frames have shape {list(frames.shape[1:])}, expected {list(frame_shape)}"
+        )
+    return frames
+
+
+DISK_CODECS = ("cm", "stored")
+
+
+def disk_state(state: dict[str, Any], disk_codec: str = "cm") -> dict[str, Any]:
+    """A :meth:`ReplayShard.state_dict` made compact for disk (snapshots, checkpoints).
+
+    ``disk_codec="cm"``: each episode's frames become one ``episode.{i}.frames.cm`` blob of
+    :mod:`distdrq.replay.diskcodec` (decoded from the replay codec first, bit-exact);
+    :meth:`ReplayShard.load_state_dict` decodes it and re-encodes with the loading shard's codec.
+    ``"stored"``: the state as it is (the replay codec's bytes; fastest to write and restore).
+    Runs without any lock: the state's arrays are immutable views. Returns a new dict.
+    """
+    if disk_codec not in DISK_CODECS:
+        raise ValueError(
+            f"unknown disk codec {disk_codec!r}; choose one of {', '.join(DISK_CODECS)}"
+        )
+    if disk_codec == "stored":
+        return dict(state)
+    shape = tuple(int(x) for x in state.get("frame_shape", ()))
+    codec = str(state.get("codec"))
+    out: dict[str, Any] = {}
+    for name, value in state.items():
+        if not name.startswith("episode."):
+            out[name] = value
+        elif name.endswith(".frames"):  # raw storage
+            out[name + ".cm"] = encode_frames(np.asarray(value, np.uint8))
+        elif name.endswith(".frames.payload"):
+            prefix = name[: -len(".payload")]
+            sizes = np.asarray(state[prefix + ".sizes"], np.int64)
+            episode = EpisodeFrames(codec, shape)
+            if len(sizes):
+                payload = np.ascontiguousarray(value, np.uint8)
+                episode.append(EncodedFrames(codec, shape, 0, payload, sizes))
+            out[prefix + ".cm"] = encode_frames(episode.decode(np.arange(len(sizes))))
+        elif not name.endswith(".frames.sizes"):
+            out[name] = value
+    return out
 
 
 class _Episode:
@@ -766,9 +823,14 @@ class ReplayShard:
         """Replace the contents with a :meth:`state_dict` (taking ownership of its arrays).
 
         Sampling uses this shard's ``nstep``, ``discount`` and ``frame_stack``; if the state holds
-        more than this shard's capacity, the oldest episodes are evicted.
+        more than this shard's capacity, the oldest episodes are evicted. A :func:`disk_state`
+        with ``cm`` frames loads into a shard of any codec (the frames are re-encoded).
         """
-        if state.get("codec") != self.codec:
+        stored = any(
+            name.startswith("episode.") and name.endswith((".frames", ".frames.payload"))
+            for name in state
+        )
+        if state.get("codec") != self.codec and stored:
             raise ValueError(
                 f"replay state has codec {state.get('codec')!r}; this shard stores {self.codec!r}"
             )

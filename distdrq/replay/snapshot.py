@@ -132,15 +132,25 @@ class SnapshotStore:
         return path
 
     def load_latest(
-        self, warn: Callable[[str], None] = print
+        self,
+        warn: Callable[[str], None] = print,
+        restore: Callable[[dict[str, Any]], None] | None = None,
     ) -> tuple[Path, dict[str, Any]] | None:
         """The newest intact snapshot, or None if there is none (start empty).
 
+        ``restore``, if given, is applied to each candidate state; if it raises ValueError or
+        KeyError (a state that reads but does not load), that snapshot counts as broken too.
         Broken files are renamed to ``*.broken`` and reported through ``warn``.
         """
         for path in self.paths():
             try:
-                return path, read_snapshot(path)
+                state = read_snapshot(path)
+                if restore is not None:
+                    try:
+                        restore(state)
+                    except (ValueError, KeyError, TypeError) as exc:
+                        raise SnapshotError(f"{path} does not load: {exc}") from exc
+                return path, state
             except SnapshotError as exc:
                 aside = path.with_name(path.name + ".broken")
                 path.rename(aside)

@@ -11,6 +11,7 @@ from distdrq.checkpoint import (
     load_latest,
     save_checkpoint,
 )
+from distdrq.replay.diskcodec import decode_frames, encode_frames
 
 
 def _state(x: float) -> dict:
@@ -62,6 +63,27 @@ def test_broken_newest_falls_back_to_previous(tmp_path, damage):
     assert (tmp_path / "checkpoints" / "ckpt_000000000002.pt.broken").exists()
     save_checkpoint(tmp_path, 3, _state(3.0), parts={"replay": {"x": np.zeros(1)}})
     assert [p.name for p in list_checkpoints(tmp_path)][-1] == "ckpt_000000000001.pt"
+
+
+def test_checkpoint_whose_replay_does_not_load_falls_back(tmp_path):
+    """Damaged disk-coded replay frames inside an intact torch file: the previous checkpoint."""
+    frames = np.arange(2 * 3 * 8 * 8, dtype=np.uint8).reshape(2, 3, 8, 8) // 7
+    for frame in (1, 2):
+        blob = encode_frames(frames)
+        if frame == 2:
+            blob[blob.size // 2] ^= 0xFF
+        save_checkpoint(tmp_path, frame, _state(frame), parts={"replay": {"frames.cm": blob}})
+    loaded: list[int] = []
+
+    def restore(state, parts):
+        decode_frames(parts["replay"]["frames.cm"])
+        loaded.append(state["counters"]["frame"])
+
+    warnings: list[str] = []
+    path, state, _ = load_latest(tmp_path, warn=warnings.append, restore=restore)
+    assert path.name == "ckpt_000000000001.pt" and loaded == [1]
+    assert len(warnings) == 1 and "does not load" in warnings[0] and "corrupt" in warnings[0]
+    assert (tmp_path / "checkpoints" / "ckpt_000000000002.pt.broken").exists()
 
 
 def test_foreign_torch_file_is_rejected(tmp_path):
