@@ -131,8 +131,8 @@ class ReplayConfig:
     """frame codec: lz4-tree (lossless, ~10-18x smaller than DrQ-v2), raw (fastest sampling), ..."""
     disk_codec: str = "cm"
     """frames in replay snapshots and checkpoints: cm (context-modelling coder, ~2x smaller than
-    the replay codec, ~1.5 ms per frame to write and restore) or stored (the replay's bytes as
-    they are: fastest)"""
+    the replay codec; ~1 ms per new frame to write, 1-1.5 ms per frame to restore) or stored
+    (the replay's bytes as they are: fastest)"""
 
 
 @dataclass

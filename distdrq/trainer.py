@@ -8,6 +8,7 @@ The loop is DrQ-v2's: seed frames of uniform actions, then an update every
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import signal
@@ -21,7 +22,13 @@ import torch
 import yaml
 
 from distdrq.agent import make_agent
-from distdrq.checkpoint import load_latest, save_checkpoint
+from distdrq.checkpoint import (
+    CheckpointError,
+    list_checkpoints,
+    load_checkpoint,
+    load_latest,
+    save_checkpoint,
+)
 from distdrq.config import Config, ConfigError, from_dict, set_key, to_dict, validate
 from distdrq.envs import make_env
 from distdrq.progress import CsvLog, ProgressDisplay
@@ -155,7 +162,13 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "writer": {"episodes_started": self.writer.episodes_started},
         }
-        parts = {"replay": disk_state(self.replay.state_dict(), self.cfg.replay.disk_codec)}
+        previous = None  # the newest checkpoint's replay: its coded episodes are reused
+        if self.cfg.replay.disk_codec == "cm":
+            for path in list_checkpoints(self.run_dir)[:1]:
+                with contextlib.suppress(CheckpointError):
+                    previous = load_checkpoint(path)[1].get("replay")
+        replay = disk_state(self.replay.state_dict(), self.cfg.replay.disk_codec, previous)
+        parts = {"replay": replay}
         return save_checkpoint(self.run_dir, self.counters.frame, state, parts)
 
     def _restore(self) -> None:

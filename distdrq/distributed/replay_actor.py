@@ -28,7 +28,7 @@ from distdrq.config import ReplayConfig
 from distdrq.replay import ReplayShard
 from distdrq.replay.ratelimit import RateLimiter, RateLimiterClosed
 from distdrq.replay.shard import disk_state
-from distdrq.replay.snapshot import SnapshotStore
+from distdrq.replay.snapshot import SnapshotError, SnapshotStore, read_snapshot
 from distdrq.types import Batch, Chunk
 
 
@@ -160,8 +160,14 @@ class ReplayServer:
                 limiter = self.limiter.state_dict()
                 sequence = self.limiter.stats().inserts
                 self._inserted_since_snapshot = 0
-            # coding the frames for disk takes a while: outside the lock, sampling goes on
-            state = {"shard": disk_state(shard, self.disk_codec), "limiter": limiter}
+            # coding the frames for disk takes a while: outside the lock, sampling goes on;
+            # episodes already in the newest snapshot reuse their coded frames from it
+            previous = None
+            if self.disk_codec == "cm":
+                for path in self.snapshots.paths()[:1]:
+                    with contextlib.suppress(SnapshotError):
+                        previous = read_snapshot(path).get("shard")
+            state = {"shard": disk_state(shard, self.disk_codec, previous), "limiter": limiter}
             return str(self.snapshots.save(state, sequence))
 
     @ray.method(concurrency_group="admin")

@@ -335,6 +335,19 @@ def blob_shape(blob: np.ndarray | bytes) -> tuple[int, int, int, int]:
     return nf, nc, h, w
 
 
+def describes(blob: np.ndarray | bytes, frames: np.ndarray) -> bool:
+    """Whether ``blob`` (from an earlier :func:`encode_frames`) holds exactly ``frames``: same
+    shape and CRC32, checked from its header without decoding (lets snapshots reuse blobs)."""
+    try:
+        shape = blob_shape(blob)
+    except ValueError:
+        return False
+    data = np.frombuffer(blob, np.uint8) if isinstance(blob, bytes | bytearray) else blob
+    crc = _HEADER.unpack(data[: _HEADER.size].tobytes())[-1]
+    frames = np.ascontiguousarray(frames)
+    return shape == frames.shape and crc == (zlib.crc32(frames.data) if frames.size else 0)
+
+
 def decode_frames(blob: np.ndarray | bytes) -> np.ndarray:
     """The uint8 frames ``[F, C, H, W]`` of an :func:`encode_frames` blob; ValueError if the
     blob is damaged (CRC of the decoded frames checked)."""

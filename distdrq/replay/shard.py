@@ -26,7 +26,7 @@ from distdrq.replay.codec import (
     decode_windows,
     decode_windows_into,
 )
-from distdrq.replay.diskcodec import decode_frames, encode_frames
+from distdrq.replay.diskcodec import decode_frames, describes, encode_frames
 from distdrq.types import Batch, Chunk
 
 _U32 = (1 << 32) - 1
@@ -241,12 +241,17 @@ def _disk_frames(blob: Any, frame_shape: tuple[int, ...]) -> np.ndarray:
 DISK_CODECS = ("cm", "stored")
 
 
-def disk_state(state: dict[str, Any], disk_codec: str = "cm") -> dict[str, Any]:
+def disk_state(
+    state: dict[str, Any], disk_codec: str = "cm", previous: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A :meth:`ReplayShard.state_dict` made compact for disk (snapshots, checkpoints).
 
     ``disk_codec="cm"``: each episode's frames become one ``episode.{i}.frames.cm`` blob of
     :mod:`distdrq.replay.diskcodec` (decoded from the replay codec first, bit-exact);
     :meth:`ReplayShard.load_state_dict` decodes it and re-encodes with the loading shard's codec.
+    ``previous``: an earlier ``cm`` disk state of the same replay (e.g. the last snapshot, as
+    read back); an episode whose frames it already holds (same key, shape and CRC32) reuses that
+    blob instead of being coded again, so a snapshot codes only what is new since the last one.
     ``"stored"``: the state as it is (the replay codec's bytes; fastest to write and restore).
     Runs without any lock: the state's arrays are immutable views. Returns a new dict.
     """
@@ -258,22 +263,37 @@ def disk_state(state: dict[str, Any], disk_codec: str = "cm") -> dict[str, Any]:
         return dict(state)
     shape = tuple(int(x) for x in state.get("frame_shape", ()))
     codec = str(state.get("codec"))
+    keys = np.asarray(state.get("episode_keys", ()), np.int64).tolist()
+    reuse: dict[int, Any] = {}
+    if previous is not None:
+        old_keys = np.asarray(previous.get("episode_keys", ()), np.int64).tolist()
+        for i, key in enumerate(old_keys):
+            blob = previous.get(f"episode.{i}.frames.cm")
+            if blob is not None:
+                reuse[key] = np.asarray(blob, np.uint8)
     out: dict[str, Any] = {}
     for name, value in state.items():
         if not name.startswith("episode."):
             out[name] = value
-        elif name.endswith(".frames"):  # raw storage
-            out[name + ".cm"] = encode_frames(np.asarray(value, np.uint8))
-        elif name.endswith(".frames.payload"):
-            prefix = name[: -len(".payload")]
+            continue
+        if not name.endswith((".frames", ".frames.payload")):
+            if not name.endswith(".frames.sizes"):
+                out[name] = value
+            continue
+        prefix = name if name.endswith(".frames") else name[: -len(".payload")]
+        if name.endswith(".frames"):  # raw storage
+            frames = np.ascontiguousarray(value, np.uint8)
+        else:
             sizes = np.asarray(state[prefix + ".sizes"], np.int64)
             episode = EpisodeFrames(codec, shape)
             if len(sizes):
                 payload = np.ascontiguousarray(value, np.uint8)
                 episode.append(EncodedFrames(codec, shape, 0, payload, sizes))
-            out[prefix + ".cm"] = encode_frames(episode.decode(np.arange(len(sizes))))
-        elif not name.endswith(".frames.sizes"):
-            out[name] = value
+            frames = episode.decode(np.arange(len(sizes)))
+        old = reuse.get(keys[int(prefix.split(".")[1])])
+        out[prefix + ".cm"] = (
+            old if old is not None and describes(old, frames) else encode_frames(frames)
+        )
     return out
 
 

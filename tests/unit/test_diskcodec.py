@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_replay_codec_shard import FIELDS, GAMMA, Episodes, assert_same, moving_frames
 
+import distdrq.replay.shard as shard_mod
 from distdrq.replay import ReplayShard
 from distdrq.replay.codec import FrameEncoder
 from distdrq.replay.diskcodec import METHOD_CM, METHOD_STORED, decode_frames, encode_frames
@@ -164,4 +165,40 @@ def test_snapshot_store_sets_aside_a_state_that_does_not_load(tmp_path):
     assert_same(
         shard.sample(32, rng=np.random.default_rng(1)),
         target.sample(32, rng=np.random.default_rng(1)),
+    )
+
+
+@pytest.mark.parametrize("codec", ["lz4-tree", "raw"])
+def test_snapshots_reuse_coded_episodes_they_already_hold(tmp_path, codec, monkeypatch):
+    shard, eps = fill(codec)
+    unfinished = eps.episode(4, 30, [9, 20], last=True)
+    shard.insert(unfinished[0])
+    path = tmp_path / "first.ddrq"
+    write_snapshot(path, disk_state(shard.state_dict(), "cm"))
+    previous = read_snapshot(path)  # as the replay server reads its newest snapshot back
+
+    coded: list[tuple[int, ...]] = []
+    real = shard_mod.encode_frames
+    monkeypatch.setattr(
+        shard_mod, "encode_frames", lambda frames: coded.append(frames.shape) or real(frames)
+    )
+    for chunk in unfinished[1:]:
+        shard.insert(chunk)
+    state = disk_state(shard.state_dict(), "cm", previous)
+    assert coded == [(31, 3, 12, 12)]  # only the episode that grew since the first snapshot
+    old_keys = previous["episode_keys"].tolist()
+    for i, key in enumerate(state["episode_keys"].tolist()[:-1]):
+        old = previous[f"episode.{old_keys.index(key)}.frames.cm"]
+        np.testing.assert_array_equal(state[f"episode.{i}.frames.cm"], old)
+    # a blob that does not hold the episode's frames (another run's key 2) is not reused
+    other, _ = fill(codec, seed=99)
+    coded.clear()
+    disk_state(other.state_dict(), "cm", state)
+    assert len(coded) == other.num_episodes
+    restored = ReplayShard(70, 3, GAMMA, 3, codec=codec)
+    write_snapshot(tmp_path / "second.ddrq", state)
+    restored.load_state_dict(read_snapshot(tmp_path / "second.ddrq"))
+    assert_same(
+        shard.sample(64, rng=np.random.default_rng(4)),
+        restored.sample(64, rng=np.random.default_rng(4)),
     )
