@@ -38,6 +38,8 @@ import zlib
 
 import numpy as np
 
+from distdrq.replay.codec import _from_planes_, _to_planes
+
 try:
     import numba as _numba
 except ImportError:  # pragma: no cover - numba is a dependency; kept importable without it
@@ -292,84 +294,67 @@ if _numba is not None:
     _decode_kernel = _jit(_make_kernel(True))
 
 
-def _to_planes(frames: np.ndarray) -> np.ndarray:
-    planes = np.array(frames, np.uint8, copy=True, order="C")
-    if planes.ndim == 4 and planes.shape[1] == 3:
-        planes[:, 0] -= planes[:, 1]
-        planes[:, 2] -= planes[:, 1]
-    return planes
-
-
 def encode_frames(frames: np.ndarray) -> np.ndarray:
     """Code uint8 frames ``[F, C, H, W]`` (one episode, in order) into a uint8 blob."""
     frames = np.ascontiguousarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4:
         raise ValueError(f"expected uint8 frames [F, C, H, W], got {frames.dtype} {frames.shape}")
     nf, nc, h, w = frames.shape
-    crc = zlib.crc32(frames.data) if frames.size else 0
     method, body = METHOD_STORED, frames.reshape(-1)
     if frames.size and _numba is not None:
         buf = np.empty(frames.size + 64, np.uint8)
         n = int(_encode_kernel(_to_planes(frames), buf))
         if n < frames.size:
             method, body = METHOD_CM, buf[:n]
-    header = _HEADER.pack(MAGIC, VERSION, method, nf, nc, h, w, crc)
+    header = _HEADER.pack(MAGIC, VERSION, method, nf, nc, h, w, zlib.crc32(frames.data))
     out = np.empty(len(header) + body.size, np.uint8)
     out[: len(header)] = np.frombuffer(header, np.uint8)
     out[len(header) :] = body
     return out
 
 
-def blob_shape(blob: np.ndarray | bytes) -> tuple[int, int, int, int]:
-    """``(F, C, H, W)`` of the frames in a blob (header check only)."""
+def _read_header(blob: np.ndarray | bytes) -> tuple[np.ndarray, int, tuple[int, ...], int]:
+    """The blob as a flat uint8 array, its method, frame shape ``(F, C, H, W)`` and CRC32."""
     data = np.frombuffer(blob, np.uint8) if isinstance(blob, bytes | bytearray) else blob
+    data = np.ascontiguousarray(data, np.uint8).reshape(-1)
     if data.size < _HEADER.size:
         raise ValueError(f"disk-coded frames are truncated ({data.size} bytes)")
-    magic, version, method, nf, nc, h, w, _ = _HEADER.unpack(data[: _HEADER.size].tobytes())
+    magic, version, method, nf, nc, h, w, crc = _HEADER.unpack(data[: _HEADER.size].tobytes())
     if magic != MAGIC:
         raise ValueError("not disk-coded frames (bad header)")
     if version != VERSION or method not in (METHOD_CM, METHOD_STORED):
         raise ValueError(
             f"disk-coded frames of format {version}.{method}; this distdrq reads {VERSION}"
         )
-    return nf, nc, h, w
+    return data, method, (nf, nc, h, w), crc
 
 
 def describes(blob: np.ndarray | bytes, frames: np.ndarray) -> bool:
     """Whether ``blob`` (from an earlier :func:`encode_frames`) holds exactly ``frames``: same
     shape and CRC32, checked from its header without decoding (lets snapshots reuse blobs)."""
     try:
-        shape = blob_shape(blob)
+        _, _, shape, crc = _read_header(blob)
     except ValueError:
         return False
-    data = np.frombuffer(blob, np.uint8) if isinstance(blob, bytes | bytearray) else blob
-    crc = _HEADER.unpack(data[: _HEADER.size].tobytes())[-1]
     frames = np.ascontiguousarray(frames)
-    return shape == frames.shape and crc == (zlib.crc32(frames.data) if frames.size else 0)
+    return shape == frames.shape and crc == zlib.crc32(frames.data)
 
 
 def decode_frames(blob: np.ndarray | bytes) -> np.ndarray:
     """The uint8 frames ``[F, C, H, W]`` of an :func:`encode_frames` blob; ValueError if the
     blob is damaged (CRC of the decoded frames checked)."""
-    data = np.frombuffer(blob, np.uint8) if isinstance(blob, bytes | bytearray) else blob
-    data = np.ascontiguousarray(data, np.uint8).reshape(-1)
-    nf, nc, h, w = blob_shape(data)
-    method = int(data[4])
-    crc = _HEADER.unpack(data[: _HEADER.size].tobytes())[-1]
+    data, method, shape, crc = _read_header(blob)
     body = data[_HEADER.size :]
-    size = nf * nc * h * w
     if method == METHOD_STORED:
-        if body.size != size:
-            raise ValueError(f"disk-coded frames hold {body.size} bytes, expected {size}")
-        frames = body.reshape(nf, nc, h, w).copy()
+        if body.size != np.prod(shape):
+            raise ValueError(f"disk-coded frames hold {body.size} bytes, expected {np.prod(shape)}")
+        frames = body.reshape(shape).copy()
     else:
         if _numba is None:  # pragma: no cover
             raise ValueError("decoding disk-coded frames needs numba (pip install numba)")
-        frames = np.zeros((nf, nc, h, w), np.uint8)
+        frames = np.zeros(shape, np.uint8)
         _decode_kernel(frames, body)
-        if nc == 3:
-            frames[:, 0] += frames[:, 1]
-            frames[:, 2] += frames[:, 1]
-    if (zlib.crc32(frames.data) if frames.size else 0) != crc:
+        _from_planes_(frames)
+    if zlib.crc32(frames.data) != crc:
         raise ValueError("disk-coded frames are corrupt (checksum of the decoded frames differs)")
     return frames
