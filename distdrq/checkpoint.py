@@ -146,11 +146,14 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[st
             f"{path} has checkpoint format {payload.get('format_version')}, this distdrq reads "
             f"{FORMAT_VERSION}; use the distdrq version that wrote it"
         )
-    parts = {}
-    for name in payload["parts"]:
-        part = _load(path.with_suffix(f".{name}.pt"))
-        parts[name] = to_numpy(part)
+    parts = {name: load_part(path, name) for name in payload["parts"]}
     return to_numpy(payload["state"]), parts
+
+
+def load_part(path: str | Path, name: str) -> dict[str, Any]:
+    """Only the part ``name`` of the checkpoint whose main file is ``path`` (arrays as numpy);
+    :class:`CheckpointError` if it is missing or unreadable."""
+    return to_numpy(_load(Path(path).with_suffix(f".{name}.pt")))
 
 
 def load_latest(

@@ -25,8 +25,8 @@ from distdrq.agent import make_agent
 from distdrq.checkpoint import (
     CheckpointError,
     list_checkpoints,
-    load_checkpoint,
     load_latest,
+    load_part,
     save_checkpoint,
 )
 from distdrq.config import Config, ConfigError, from_dict, set_key, to_dict, validate
@@ -166,7 +166,7 @@ class Trainer:
         if self.cfg.replay.disk_codec == "cm":
             for path in list_checkpoints(self.run_dir)[:1]:
                 with contextlib.suppress(CheckpointError):
-                    previous = load_checkpoint(path)[1].get("replay")
+                    previous = load_part(path, "replay")
         replay = disk_state(self.replay.state_dict(), self.cfg.replay.disk_codec, previous)
         parts = {"replay": replay}
         return save_checkpoint(self.run_dir, self.counters.frame, state, parts)

@@ -82,7 +82,6 @@ class ReplayServer:
             codec=cfg.codec,
         )
         self.disk_codec = cfg.disk_codec
-        self._empty_state = self.shard.state_dict()
         self.limiter = (
             RateLimiter(samples_per_insert, min_size_to_sample)
             if samples_per_insert is not None
@@ -101,8 +100,8 @@ class ReplayServer:
             found = self.snapshots.load_latest(warn=self.messages.append, restore=self._restore)
             if found is not None:
                 self.restored_from = str(found[0])
-            else:
-                self.shard.load_state_dict(self._empty_state)
+            else:  # every snapshot was broken: drop what a failed restore left behind
+                self.shard.clear()
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.shard.load_state_dict(state["shard"])

@@ -271,26 +271,19 @@ def disk_state(
             blob = previous.get(f"episode.{i}.frames.cm")
             if blob is not None:
                 reuse[key] = np.asarray(blob, np.uint8)
-    out: dict[str, Any] = {}
-    for name, value in state.items():
-        if not name.startswith("episode."):
-            out[name] = value
-            continue
-        if not name.endswith((".frames", ".frames.payload")):
-            if not name.endswith(".frames.sizes"):
-                out[name] = value
-            continue
-        prefix = name if name.endswith(".frames") else name[: -len(".payload")]
-        if name.endswith(".frames"):  # raw storage
-            frames = np.ascontiguousarray(value, np.uint8)
-        else:
-            sizes = np.asarray(state[prefix + ".sizes"], np.int64)
-            episode = EpisodeFrames(codec, shape)
-            if len(sizes):
-                payload = np.ascontiguousarray(value, np.uint8)
-                episode.append(EncodedFrames(codec, shape, 0, payload, sizes))
-            frames = episode.decode(np.arange(len(sizes)))
-        old = reuse.get(keys[int(prefix.split(".")[1])])
+    # everything but the replay codec's frames as it is; then one coded blob per episode
+    out = {k: v for k, v in state.items() if not (k.startswith("episode.") and ".frames" in k)}
+    for i, key in enumerate(keys):
+        prefix = f"episode.{i}.frames"
+        names = [n for n in ("", ".payload", ".sizes") if prefix + n in state]
+        fields = {"frames" + n: state[prefix + n] for n in names}  # as FrameStore.state() names
+        store = (
+            RawFrameStore.from_state(fields, shape)
+            if codec == "raw"
+            else EncodedFrameStore.from_state(fields, shape, codec)
+        )
+        frames = store.gather(np.arange(len(store)))
+        old = reuse.get(key)
         out[prefix + ".cm"] = (
             old if old is not None and describes(old, frames) else encode_frames(frames)
         )
@@ -428,9 +421,10 @@ class ReplayShard:
         self.codec = codec
         self._scratch: np.ndarray | None = None  # decode work space, reused across batches
         self._rng = np.random.default_rng(seed)
-        self._clear()
+        self.clear()
 
-    def _clear(self) -> None:
+    def clear(self) -> None:
+        """Drop every episode and the shapes learnt from them (the sampling generator stays)."""
         self._frame_shape: tuple[int, ...] | None = None
         self._action_dim: int | None = None
         self._episodes: dict[int, _Episode] = {}  # insertion order = eviction order
@@ -854,7 +848,7 @@ class ReplayShard:
             raise ValueError(
                 f"replay state has codec {state.get('codec')!r}; this shard stores {self.codec!r}"
             )
-        self._clear()
+        self.clear()
         frame_shape = tuple(int(x) for x in state["frame_shape"])
         if frame_shape:
             self._frame_shape = frame_shape
