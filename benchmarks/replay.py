@@ -32,7 +32,6 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -40,7 +39,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from replay_codec import render_episode  # noqa: E402
+from replay_codec import preamble, render_episode  # noqa: E402
 
 from distdrq.replay import EpisodeWriter, ReplayShard, drqv2_bytes_per_transition  # noqa: E402
 from distdrq.replay.shard import disk_state  # noqa: E402
@@ -188,18 +187,9 @@ def main() -> None:
     args = p.parse_args()
     args.disk_rows = []
     args.codecs = [c for c in args.codecs.split(",") if c != "raw"]
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
-    print("$ python " + " ".join(sys.argv))
-    print(
-        f"machine: {platform.node()} {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}; one thread; "
-        f"{args.episodes} episodes x {args.copies} copies per task, writer chunk_length {args.chunk}, "
-        f"medians of {args.reps} sample(256) calls, nstep 3, frame_stack 3\n"
+    preamble(
+        f"{args.episodes} episodes x {args.copies} copies per task, writer chunk_length "
+        f"{args.chunk}, medians of {args.reps} sample(256) calls, nstep 3, frame_stack 3"
     )
     print(
         "| task | codec | B/transition | vs DrQ-v2 | batches/s | raw shard batches/s "

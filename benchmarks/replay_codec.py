@@ -117,6 +117,21 @@ def bench_setting(setting: str, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+def preamble(detail: str) -> None:
+    """Pin torch to one thread; print the command and the machine (shared with replay.py)."""
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+    print("$ python " + " ".join(sys.argv))
+    print(
+        f"machine: {platform.node()} {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}; one thread; {detail}\n"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--episodes", type=int, default=2)
@@ -128,17 +143,8 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=Path("/tmp/codec_data"))
     args = p.parse_args()
     args.codecs = args.codecs.split(",")
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
-    print("$ python " + " ".join(sys.argv))
-    print(
-        f"machine: {platform.node()} {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cpus, load {os.getloadavg()[0]:.1f}; one thread; "
-        f"{args.episodes} episodes per setting, {args.reps} batches of {args.batch} x 6 frames\n"
+    preamble(
+        f"{args.episodes} episodes per setting, {args.reps} batches of {args.batch} x 6 frames"
     )
     print(
         "| setting | codec | B/transition | vs DrQ-v2 | batches/s | raw batches/s | speed vs raw "
