@@ -20,6 +20,7 @@ import math
 import os
 import signal
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,13 @@ from distdrq.trainer import save_run_config
 
 NAMESPACE = "distdrq"
 """Ray namespace of every distdrq actor (``distdrq status`` looks there)."""
+
+
+CHECKPOINT_RETRY_S = 10.0
+"""A periodic checkpoint that an unavailable actor postponed is tried again this much later."""
+FINAL_CHECKPOINT_PATIENCE_S = 900.0
+"""How long the final checkpoint waits for actors that Ray is restarting (a restarted shard
+restores its snapshot first: minutes for a large one)."""
 
 
 class LaunchError(RuntimeError):
@@ -257,6 +265,7 @@ class Driver:
         self.train_log = CsvLog(run_dir / "train.csv")
         self.eval_log = CsvLog(run_dir / "eval.csv")
         self._last_eval_logged = -1
+        self._checkpoint_retry_at = 0.0
 
     def start_loops(self) -> None:
         """Start the long-running loop of every actor."""
@@ -303,8 +312,8 @@ class Driver:
             frames = snap["counters"]["frames"]
             if frames >= total_frames:
                 return "done"
-            if frames >= next_checkpoint:
-                self.checkpoint(snap)
+            due = frames >= next_checkpoint and time.monotonic() >= self._checkpoint_retry_at
+            if due and self.checkpoint(snap, patience=0.0) is not None:
                 next_checkpoint = frames + checkpoint_every
 
     def _show(self, snap: dict[str, Any]) -> None:
@@ -384,14 +393,45 @@ class Driver:
                 ray.get(topo.evaluator.evaluate.remote(frames))
         snap = ray.get(topo.coordinator.snapshot.remote())
         self._show(snap)
-        return snap["counters"], self.checkpoint(snap)
+        path = self.checkpoint(snap, patience=FINAL_CHECKPOINT_PATIENCE_S)
+        assert path is not None  # with patience, a failure raises
+        return snap["counters"], path
 
-    def checkpoint(self, snap: dict[str, Any] | None = None) -> Path:
-        """Learner state + counters (main file) after snapshots of every shard."""
+    def checkpoint(self, snap: dict[str, Any] | None = None, patience: float = 0.0) -> Path | None:
+        """Learner state + counters (main file) after snapshots of every shard.
+
+        An actor that is down cannot take part: a killed shard that Ray is restarting (it
+        restores its snapshot first), or a dead learner that :meth:`supervise` has yet to
+        recreate. With ``patience`` 0 (periodic checkpoints) the checkpoint is then postponed:
+        a message says why, None is returned and :meth:`supervise` tries again
+        CHECKPOINT_RETRY_S later; the previous checkpoint stays the newest, nothing is lost.
+        With ``patience`` > 0 (the final checkpoint) restarting shards are waited for, up to
+        that many seconds, before their error is raised; a dead learner raises at once (it is
+        never restarted by Ray, so waiting would not help).
+        """
         topo = self.topo
         assert topo is not None
-        learner_state = ray.get(topo.learner.state.remote(), timeout=300)
-        snapshots = ray.get([s.snapshot.remote() for s in topo.shards], timeout=3600)
+        deadline = time.monotonic() + patience
+        try:
+            learner_state = ray.get(topo.learner.state.remote(), timeout=300)
+            while True:
+                try:
+                    snapshots = ray.get([s.snapshot.remote() for s in topo.shards], timeout=3600)
+                    break
+                except ray.exceptions.RayActorError:
+                    if patience <= 0 or time.monotonic() >= deadline:
+                        raise
+                    time.sleep(2.0)
+        except ray.exceptions.RayActorError as exc:
+            if patience > 0:
+                raise
+            reason = str(exc).strip().splitlines()[0][:160]
+            self._checkpoint_retry_at = time.monotonic() + CHECKPOINT_RETRY_S
+            self.progress.message(
+                f"checkpoint postponed, an actor is down ({reason}); "
+                f"trying again in {CHECKPOINT_RETRY_S:.0f} s"
+            )
+            return None
         snap = snap or ray.get(topo.coordinator.snapshot.remote())
         limiter = ray.get(topo.limiter.state_dict.remote()) if topo.limiter else None
         state = {

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -31,29 +32,62 @@ COMMON = [
 ]
 
 
-def _start(run_dir, *extra):
-    return subprocess.Popen(
-        [sys.executable, "-m", "distdrq.cli", "launch", "--run-dir", str(run_dir), *COMMON, *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+class _Launch:
+    """A `distdrq launch` subprocess whose output a thread keeps reading (a full pipe would
+    block it) and that every wait checks: if the run has ended, the test fails at once with
+    its output (instead of this process being killed by Ray when the cluster goes away)."""
+
+    def __init__(self, run_dir, *extra):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "distdrq.cli", "launch", "--run-dir", str(run_dir)]
+            + [*COMMON, *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def check_running(self):
+        if self.proc.poll() is not None:
+            self._reader.join(timeout=10)
+            raise AssertionError(
+                f"launch exited ({self.proc.returncode}) during the test:\n{self.output[-4000:]}"
+            )
+
+    def wait_for_line(self, text, timeout=240):
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in list(self.lines)):
+            self.check_running()
+            assert time.monotonic() < deadline, self.output
+            time.sleep(0.2)
+        return list(self.lines)
+
+    def stop(self):
+        """Ctrl-C; the launch must end cleanly. Returns its whole output."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(timeout=300)
+            self._reader.join(timeout=30)
+            assert self.proc.returncode == 0, self.output[-3000:]
+        self._reader.join(timeout=30)
+        return self.output
 
 
-def _wait_for_line(proc, text, timeout=240):
-    seen = []
-    deadline = time.monotonic() + timeout
-    for line in proc.stdout:
-        seen.append(line)
-        if text in line:
-            return seen
-        assert time.monotonic() < deadline, "".join(seen)
-    raise AssertionError("launch exited early:\n" + "".join(seen))
-
-
-def _until(predicate, timeout=120, every=0.5):
+def _until(predicate, timeout=120, every=0.5, launch=None):
     deadline = time.monotonic() + timeout
     while True:
+        if launch is not None:
+            launch.check_running()
         try:
             value = predicate()
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
@@ -62,13 +96,6 @@ def _until(predicate, timeout=120, every=0.5):
             return value
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(every)
-
-
-def _stop(proc):
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-3000:]
-    return out
 
 
 def _snapshot(coord):
@@ -85,7 +112,7 @@ def _shard_stats(shard):
 @pytest.mark.slow
 def test_killed_env_actor_and_shard_recover(tmp_path):
     run_dir = tmp_path / "ft"
-    proc = _start(
+    launch = _Launch(
         run_dir,
         "--actors",
         "2",
@@ -95,7 +122,7 @@ def test_killed_env_actor_and_shard_recover(tmp_path):
         "train.checkpoint_every_frames=600",
     )
     try:
-        lines = _wait_for_line(proc, "learner on")
+        lines = launch.wait_for_line("learner on")
         address = next(x for x in lines if x.startswith("Ray cluster at ")).split()[3]
         enable_token_auth_if_available()  # joining by explicit address
         ray.init(address=address, namespace="distdrq", log_to_driver=False)
@@ -103,40 +130,59 @@ def test_killed_env_actor_and_shard_recover(tmp_path):
         coord = ray.get_actor(f"{name}-coordinator")
         env0 = ray.get_actor(f"{name}-env-0")
         shard0 = ray.get_actor(f"{name}-replay-0")
-        _until(lambda: (_shard_stats(shard0) or {}).get("transitions", 0) >= 100)
-        _until(lambda: list((run_dir / "replay" / "shard_000").glob("snapshot_*.ddrq")))
+        _until(lambda: (_shard_stats(shard0) or {}).get("transitions", 0) >= 100, launch=launch)
+        _until(
+            lambda: list((run_dir / "replay" / "shard_000").glob("snapshot_*.ddrq")), launch=launch
+        )
         before = _snapshot(coord)["counters"]["frames"]
 
         ray.kill(env0, no_restart=False)
         ray.kill(shard0, no_restart=False)
 
-        restored = _until(lambda: (s := _shard_stats(shard0)) and s["restored_from"] and s)
+        restored = _until(
+            lambda: (s := _shard_stats(shard0)) and s["restored_from"] and s, launch=launch
+        )
         assert restored["transitions"] > 0  # the shard's data came back from its snapshot
         roles = _until(
             lambda: (
                 (r := _snapshot(coord)["roles"]).get("env-0", {}).get("starts", 0) >= 2
                 and r.get("replay-0", {}).get("starts", 0) >= 2
                 and r
-            )
+            ),
+            launch=launch,
         )
         assert roles["env-0"]["restarts"] >= 1
         after_kill = _snapshot(coord)["counters"]["frames"]
         assert after_kill >= before
         # the run goes on: frames keep increasing, the restarted actor produces again
-        _until(lambda: _snapshot(coord)["counters"]["frames"] > after_kill + 500, timeout=180)
+        _until(
+            lambda: _snapshot(coord)["counters"]["frames"] > after_kill + 500,
+            timeout=180,
+            launch=launch,
+        )
         start_env0 = _snapshot(coord)["roles"]["env-0"]["frames"]
-        _until(lambda: _snapshot(coord)["roles"]["env-0"]["frames"] > start_env0, timeout=180)
+        _until(
+            lambda: _snapshot(coord)["roles"]["env-0"]["frames"] > start_env0,
+            timeout=180,
+            launch=launch,
+        )
 
         # kill the learner once a checkpoint exists: the driver recreates it from that checkpoint
-        _until(lambda: list((run_dir / "checkpoints").glob("ckpt_*.pt")), timeout=180)
+        _until(
+            lambda: list((run_dir / "checkpoints").glob("ckpt_*.pt")), timeout=180, launch=launch
+        )
         learner = ray.get_actor(f"{name}-learner")
         ray.kill(learner, no_restart=True)
-        _until(lambda: _snapshot(coord)["roles"]["learner"]["starts"] >= 2, timeout=180)
+        _until(
+            lambda: _snapshot(coord)["roles"]["learner"]["starts"] >= 2, timeout=180, launch=launch
+        )
         updates = _snapshot(coord)["counters"]["updates"]
-        _until(lambda: _snapshot(coord)["counters"]["updates"] > updates, timeout=180)
+        _until(
+            lambda: _snapshot(coord)["counters"]["updates"] > updates, timeout=180, launch=launch
+        )
     finally:
         ray.shutdown()
-        out = _stop(proc) if proc.poll() is None else proc.stdout.read()
+        out = launch.stop()
     assert "failed" in out and "restarting" in out  # the driver saw and showed the restart
 
 
@@ -173,16 +219,16 @@ def test_multi_node_spread_and_node_loss(tmp_path):
     assert too_big.returncode == 1, too_big.stderr[-2000:]
     assert "the cluster has 6 CPUs but this run needs 24" in too_big.stderr
     run_dir = tmp_path / "mn"
-    proc = _start(run_dir, "--actors", "2", "--shards", "1", "--address", cluster.address)
+    launch = _Launch(run_dir, "--actors", "2", "--shards", "1", "--address", cluster.address)
     try:
-        _wait_for_line(proc, "learner on")
+        launch.wait_for_line("learner on")
         ray.init(address=cluster.address, namespace="distdrq", log_to_driver=False)
         name = f"distdrq-{run_dir.name}"
         coord = ray.get_actor(f"{name}-coordinator")
         envs = [ray.get_actor(f"{name}-env-{i}") for i in range(2)]
         nodes = set(ray.get([e.node_id.remote() for e in envs], timeout=60))
         assert len(nodes) == 2, "env actors were not spread over both nodes"
-        _until(lambda: _snapshot(coord)["counters"]["frames"] > 200, timeout=180)
+        _until(lambda: _snapshot(coord)["counters"]["frames"] > 200, timeout=180, launch=launch)
 
         cluster.remove_node(worker)
         after = _snapshot(coord)["counters"]["frames"]
@@ -190,13 +236,15 @@ def test_multi_node_spread_and_node_loss(tmp_path):
         moved = _until(
             lambda: len(set(ray.get([e.node_id.remote() for e in envs], timeout=30))) == 1,
             timeout=180,
+            launch=launch,
         )
         assert moved
-        _until(lambda: _snapshot(coord)["counters"]["frames"] > after + 500, timeout=180)
+        _until(
+            lambda: _snapshot(coord)["counters"]["frames"] > after + 500, timeout=180, launch=launch
+        )
     finally:
         ray.shutdown()
-        if proc.poll() is None:
-            _stop(proc)
+        launch.stop()
         cluster.shutdown()
 
 

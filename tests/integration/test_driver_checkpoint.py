@@ -1,0 +1,99 @@
+"""The launch driver's checkpoints when an actor is down, on a real local Ray cluster.
+
+A periodic checkpoint that meets a shard Ray is restarting (or a dead learner) is postponed,
+not fatal: before, the driver stopped the whole run when a killed shard was snapshotted.
+"""
+
+import io
+import os
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from distdrq.checkpoint import list_checkpoints  # noqa: E402
+from distdrq.config import Config  # noqa: E402
+from distdrq.distributed import launch as launch_mod  # noqa: E402
+from distdrq.progress import ProgressDisplay  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0)
+class FlakyShard:
+    """Dies (the process exits) on its first snapshot call, then works after Ray restarts it."""
+
+    def __init__(self, flag: str):
+        self.flag = flag
+
+    def snapshot(self) -> str:
+        if not os.path.exists(self.flag):
+            open(self.flag, "w").close()
+            os._exit(1)
+        return "snapshot_000001.ddrq"
+
+
+@ray.remote(max_restarts=0, num_cpus=0)
+class StubLearner:
+    def state(self) -> dict:
+        return {"updates": 7}
+
+
+def _driver(tmp_path, shards, learner):
+    out = io.StringIO()
+    progress = ProgressDisplay("test", 100, stream=out, live=False)
+    driver = launch_mod.Driver(Config(), tmp_path, "t", progress, session=1)
+    driver.topo = launch_mod.Topology(
+        coordinator=None,
+        shards=shards,
+        learner=learner,
+        env_actors=[],
+        evaluator=None,
+        learner_gpus=0.0,
+        obs_shape=(9, 84, 84),
+        action_dim=1,
+    )
+    return driver, out
+
+
+SNAP = {"counters": {"frames": 1000}}
+
+
+def test_periodic_checkpoint_is_postponed_while_a_shard_restarts(ray_cluster, tmp_path):
+    shard = FlakyShard.remote(str(tmp_path / "died-once"))
+    driver, out = _driver(tmp_path, [shard], StubLearner.remote())
+
+    assert driver.checkpoint(SNAP, patience=0.0) is None
+    assert "checkpoint postponed, an actor is down" in out.getvalue()
+    assert list_checkpoints(tmp_path) == []
+    assert driver._checkpoint_retry_at > 0
+
+    # once Ray has restarted the shard, the next try writes the checkpoint
+    path = driver.checkpoint(SNAP, patience=60.0)
+    assert path is not None and path.exists()
+    assert list_checkpoints(tmp_path) == [path]
+
+
+def test_final_checkpoint_waits_for_a_restarting_shard(ray_cluster, tmp_path):
+    shard = FlakyShard.remote(str(tmp_path / "died-once"))
+    driver, _ = _driver(tmp_path, [shard], StubLearner.remote())
+    path = driver.checkpoint(SNAP, patience=60.0)
+    assert path is not None and list_checkpoints(tmp_path) == [path]
+
+
+def test_dead_learner_postpones_or_raises_at_once(ray_cluster, tmp_path):
+    (tmp_path / "died-once").touch()  # this shard works
+    learner = StubLearner.remote()
+    ray.get(learner.state.remote())
+    ray.kill(learner, no_restart=True)
+    driver, out = _driver(tmp_path, [FlakyShard.remote(str(tmp_path / "died-once"))], learner)
+    assert driver.checkpoint(SNAP, patience=0.0) is None
+    assert "postponed" in out.getvalue()
+    with pytest.raises(ray.exceptions.RayActorError):
+        driver.checkpoint(SNAP, patience=600.0)  # a learner is never restarted: no waiting
+    assert list_checkpoints(tmp_path) == []
