@@ -13,12 +13,12 @@ shard's batches per second timed alternately in the same loop, actor-side encode
 with the default K=1 the compressed frames fit in the CPU caches, as in a small shard; K=100
 (100k transitions, hundreds of MB) gives the speed of a full-size shard, whose reads miss them.
 
-On disk: a snapshot file of the lz4-tree shard is written with each disk codec (``stored``: the
+On disk: a snapshot file of the default codec's shard (lz4d-tree) is written with each disk codec (``stored``: the
 replay bytes as they are; ``cm``: the context-modelling coder of distdrq.replay.diskcodec) and
 read back into a shard; reported as file bytes per transition, ratio against DrQ-v2, and write
 and restore milliseconds per frame (restore includes re-encoding for the in-memory codec).
 
-    python benchmarks/replay.py [--episodes 2] [--reps 40] [--codecs lz4-key16,lz4-tree]
+    python benchmarks/replay.py [--episodes 2] [--reps 40] [--codecs lz4-key16,lz4d-tree]
         [--copies 1] [--no-disk]
 """
 
@@ -41,7 +41,12 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from replay_codec import preamble, render_episode  # noqa: E402
 
-from distdrq.replay import EpisodeWriter, ReplayShard, drqv2_bytes_per_transition  # noqa: E402
+from distdrq.replay import (  # noqa: E402
+    DEFAULT_CODEC,
+    EpisodeWriter,
+    ReplayShard,
+    drqv2_bytes_per_transition,
+)
 from distdrq.replay.shard import disk_state  # noqa: E402
 from distdrq.replay.snapshot import read_snapshot, write_snapshot  # noqa: E402
 
@@ -167,10 +172,9 @@ def bench_task(task: str, args: argparse.Namespace) -> list[dict]:
         row["bps"] = 1.0 / np.median(times[row["codec"]])
         row["raw_bps"] = raw_bps
         row["drqv2"] = drqv2_bytes_per_transition(shape, 3)
-    if not args.no_disk and "lz4-tree" in shards:
-        args.disk_rows += disk_rows(
-            task, shards["lz4-tree"], shards["lz4-tree"].stats()["frames"], args.data
-        )
+    if not args.no_disk and DEFAULT_CODEC in shards:
+        shard = shards[DEFAULT_CODEC]
+        args.disk_rows += disk_rows(task, shard, shard.stats()["frames"], args.data)
     return rows
 
 
@@ -178,7 +182,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--episodes", type=int, default=2)
     p.add_argument("--tasks", default=",".join(TASKS))
-    p.add_argument("--codecs", default="lz4-key16,lz4-tree,lz4-chain16")
+    p.add_argument("--codecs", default=f"lz4-key16,lz4-tree,{DEFAULT_CODEC}")
     p.add_argument("--reps", type=int, default=40, help="timed batches per shard")
     p.add_argument("--chunk", type=int, default=50, help="writer chunk_length")
     p.add_argument("--data", type=Path, default=Path("/tmp/codec_data"))
@@ -205,7 +209,7 @@ def main() -> None:
                 flush=True,
             )
     if args.disk_rows:
-        print("\nOn disk (snapshot file of the lz4-tree shard, written and restored):\n")
+        print(f"\nOn disk (snapshot file of the {DEFAULT_CODEC} shard, written and restored):\n")
         print(
             "| task | disk codec | file B/transition | vs DrQ-v2 | write ms/frame | restore ms/frame |"
         )
