@@ -13,6 +13,8 @@ Frames live behind :class:`FrameStore` (append frames, gather frames by index):
 from __future__ import annotations
 
 import abc
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -833,12 +835,14 @@ class ReplayShard:
                 state[f"episode.{i}.{name}"] = array
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], threads: int | None = None) -> None:
         """Replace the contents with a :meth:`state_dict` (taking ownership of its arrays).
 
         Sampling uses this shard's ``nstep``, ``discount`` and ``frame_stack``; if the state holds
         more than this shard's capacity, the oldest episodes are evicted. A :func:`disk_state`
-        with ``cm`` frames loads into a shard of any codec (the frames are re-encoded).
+        with ``cm`` frames loads into a shard of any codec (the frames are decoded and
+        re-encoded, about 1.5 ms per frame: episodes are done on ``threads`` threads, by default
+        one per CPU up to 8, since both coders release the GIL).
         """
         stored = any(
             name.startswith("episode.") and name.endswith((".frames", ".frames.payload"))
@@ -860,13 +864,22 @@ class ReplayShard:
             if name.startswith("episode."):
                 _, index, field = name.split(".", 2)
                 per_episode.setdefault(int(index), {})[field] = value
+
+        def frame_store(i: int) -> FrameStore:
+            if self.codec == "raw":
+                return RawFrameStore.from_state(per_episode[i], self._frame_shape or ())
+            return EncodedFrameStore.from_state(per_episode[i], self._frame_shape or (), self.codec)
+
+        disk_coded = any(name.endswith(".frames.cm") for name in state)
+        workers = min(8, os.cpu_count() or 1) if threads is None else max(1, threads)
+        if disk_coded and workers > 1 and len(keys) > 1:
+            with ThreadPoolExecutor(min(workers, len(keys))) as pool:
+                stores = list(pool.map(frame_store, range(len(keys))))
+        else:
+            stores = [frame_store(i) for i in range(len(keys))]
         for i, (key, is_ended) in enumerate(zip(keys, ended, strict=True)):
             arrays = per_episode[i]
-            frames: FrameStore
-            if self.codec == "raw":
-                frames = RawFrameStore.from_state(arrays, self._frame_shape or ())
-            else:
-                frames = EncodedFrameStore.from_state(arrays, self._frame_shape or (), self.codec)
+            frames = stores[i]
             episode = _Episode.from_arrays(key, len(self._slots), frames, arrays, bool(is_ended))
             if episode.floats.shape[1] != (self._action_dim or 0) + 2:
                 raise ValueError(

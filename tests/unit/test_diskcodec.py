@@ -117,7 +117,7 @@ def fill(codec: str, shape=(3, 12, 12), seed=6) -> tuple[ReplayShard, Episodes]:
     return shard, eps
 
 
-@pytest.mark.parametrize("codec", ["lz4-tree", "raw"])
+@pytest.mark.parametrize("codec", ["lz4d-tree", "lz4-tree", "raw"])
 def test_disk_state_restores_bit_exactly_into_any_codec(tmp_path, codec):
     shard, eps = fill(codec)
     unfinished = eps.episode(4, 30, [9, 20], last=True)
@@ -130,9 +130,10 @@ def test_disk_state_restores_bit_exactly_into_any_codec(tmp_path, codec):
     assert stored.keys() == shard.state_dict().keys()
     path = tmp_path / "s.ddrq"
     write_snapshot(path, state)
-    for target in ["lz4-tree", "raw", "lz4-key16"]:
+    # episodes are restored on several threads (None: one per CPU) or one
+    for target, threads in [("lz4-tree", 1), ("raw", 3), ("lz4-key16", None), ("lz4d-tree", 2)]:
         restored = ReplayShard(70, 3, GAMMA, 3, seed=99, codec=target)
-        restored.load_state_dict(read_snapshot(path))
+        restored.load_state_dict(read_snapshot(path), threads=threads)
         assert list(restored._episodes) == list(shard._episodes)
         a = shard.sample(48, rng=np.random.default_rng(5))
         b = restored.sample(48, rng=np.random.default_rng(5))
@@ -158,7 +159,10 @@ def test_snapshot_store_sets_aside_a_state_that_does_not_load(tmp_path):
     store.save(bad, 2)
     messages: list[str] = []
     target = ReplayShard(70, 3, GAMMA, 3, codec="lz4-tree")
-    found = store.load_latest(warn=messages.append, restore=target.load_state_dict)
+    # the damaged episode fails on a worker thread: the error still reaches load_latest
+    found = store.load_latest(
+        warn=messages.append, restore=lambda state: target.load_state_dict(state, threads=3)
+    )
     assert found is not None and found[0].name == "snapshot_000000000001.ddrq"
     assert len(messages) == 1 and "does not load" in messages[0] and "corrupt" in messages[0]
     assert (tmp_path / "snapshot_000000000002.ddrq.broken").exists()
@@ -168,7 +172,7 @@ def test_snapshot_store_sets_aside_a_state_that_does_not_load(tmp_path):
     )
 
 
-@pytest.mark.parametrize("codec", ["lz4-tree", "raw"])
+@pytest.mark.parametrize("codec", ["lz4d-tree", "lz4-tree", "raw"])
 def test_snapshots_reuse_coded_episodes_they_already_hold(tmp_path, codec, monkeypatch):
     shard, eps = fill(codec)
     unfinished = eps.episode(4, 30, [9, 20], last=True)
