@@ -44,7 +44,7 @@ NAMESPACE = "distdrq"
 """Ray namespace of every distdrq actor (``distdrq status`` looks there)."""
 
 
-CHECKPOINT_RETRY_S = 10.0
+CHECKPOINT_RETRY_S = 30.0
 """A periodic checkpoint that an unavailable actor postponed is tried again this much later."""
 FINAL_CHECKPOINT_PATIENCE_S = 900.0
 """How long the final checkpoint waits for actors that Ray is restarting (a restarted shard
@@ -266,6 +266,7 @@ class Driver:
         self.eval_log = CsvLog(run_dir / "eval.csv")
         self._last_eval_logged = -1
         self._checkpoint_retry_at = 0.0
+        self._down_since: float | None = None  # first postponed checkpoint of a down actor
 
     def start_loops(self) -> None:
         """Start the long-running loop of every actor."""
@@ -405,25 +406,25 @@ class Driver:
         recreate. With ``patience`` 0 (periodic checkpoints) the checkpoint is then postponed:
         a message says why, None is returned and :meth:`supervise` tries again
         CHECKPOINT_RETRY_S later; the previous checkpoint stays the newest, nothing is lost.
+        An actor still down FINAL_CHECKPOINT_PATIENCE_S after the first postponement is taken
+        for lost: its error is raised (the run then ends with a final checkpoint attempt).
         With ``patience`` > 0 (the final checkpoint) restarting shards are waited for, up to
-        that many seconds, before their error is raised; a dead learner raises at once (it is
-        never restarted by Ray, so waiting would not help).
+        that many seconds less the time they have already been down, before their error is
+        raised; a dead learner raises at once (Ray never restarts it).
         """
         topo = self.topo
         assert topo is not None
-        deadline = time.monotonic() + patience
+        now = time.monotonic()
+        if patience > 0 and self._down_since is not None:
+            patience = max(0.0, patience - (now - self._down_since))
         try:
             learner_state = ray.get(topo.learner.state.remote(), timeout=300)
-            while True:
-                try:
-                    snapshots = ray.get([s.snapshot.remote() for s in topo.shards], timeout=3600)
-                    break
-                except ray.exceptions.RayActorError:
-                    if patience <= 0 or time.monotonic() >= deadline:
-                        raise
-                    time.sleep(2.0)
+            snapshots = self._snapshot_shards(patience)
         except ray.exceptions.RayActorError as exc:
             if patience > 0:
+                raise
+            self._down_since = self._down_since if self._down_since is not None else now
+            if now - self._down_since >= FINAL_CHECKPOINT_PATIENCE_S:
                 raise
             reason = str(exc).strip().splitlines()[0][:160]
             self._checkpoint_retry_at = time.monotonic() + CHECKPOINT_RETRY_S
@@ -432,6 +433,7 @@ class Driver:
                 f"trying again in {CHECKPOINT_RETRY_S:.0f} s"
             )
             return None
+        self._down_since = None
         snap = snap or ray.get(topo.coordinator.snapshot.remote())
         limiter = ray.get(topo.limiter.state_dict.remote()) if topo.limiter else None
         state = {
@@ -443,6 +445,30 @@ class Driver:
             "session": self.session,
         }
         return save_checkpoint(self.run_dir, snap["counters"]["frames"], state)
+
+    def _snapshot_shards(self, patience: float) -> list[str]:
+        """Snapshot every shard; the paths in shard order. Every call is waited for before any
+        is sent again, and only to the shards whose call failed (so a healthy shard never has
+        snapshots queued behind one another). A failure is raised at once with ``patience`` 0,
+        else the failed shards are asked again every 2 s for up to ``patience`` seconds."""
+        topo = self.topo
+        assert topo is not None
+        deadline = time.monotonic() + patience
+        refs = {i: shard.snapshot.remote() for i, shard in enumerate(topo.shards)}
+        paths: dict[int, str] = {}
+        while True:
+            error: ray.exceptions.RayActorError | None = None
+            for i, ref in refs.items():
+                try:
+                    paths[i] = ray.get(ref, timeout=3600)
+                except ray.exceptions.RayActorError as exc:
+                    error = error or exc
+            if error is None:
+                return [paths[i] for i in range(len(topo.shards))]
+            if patience <= 0 or time.monotonic() >= deadline:
+                raise error
+            time.sleep(2.0)
+            refs = {i: topo.shards[i].snapshot.remote() for i in refs if i not in paths}
 
 
 def _finite(value: float | None) -> float | None:

@@ -62,6 +62,9 @@ _lz4_decompress_dict.argtypes += [ctypes.c_void_p, ctypes.c_int]
 _lz4_decompress_dict.restype = ctypes.c_int
 
 
+_LZ4_MAX_OFFSET = 65_535
+
+
 @dataclass(frozen=True)
 class CodecSpec:
     """How a codec predicts and compresses frames."""
@@ -77,6 +80,12 @@ class CodecSpec:
     """LZ4-HC level (0: plain LZ4 fast mode)"""
     predict: str = "residual"
     """residual | dict: how a frame is coded against its reference (module docstring)"""
+
+    def by_dict(self, frame_bytes: int) -> bool:
+        """Whether frames of ``frame_bytes`` are dictionary-coded: LZ4 reaches back at most
+        65,535 bytes, so larger frames (above 3x147x147) could not use their reference and are
+        residual-coded instead (84x84 RGB is 21,168 bytes)."""
+        return self.predict == "dict" and frame_bytes <= _LZ4_MAX_OFFSET
 
     def refs(self, t: np.ndarray) -> np.ndarray:
         """Reference frame of each frame index ``t`` (int64 array); -1 for intra frames."""
@@ -252,7 +261,7 @@ class FrameEncoder:
             planes = _to_planes(frames)
             t = np.arange(start, start + len(frames))
             refs = spec.refs(t)
-            by_dict = spec.predict == "dict"
+            by_dict = spec.by_dict(int(np.prod(self.frame_shape)))
             for i, (ti, ri) in enumerate(zip(t.tolist(), refs.tolist(), strict=True)):
                 cur = planes[i]
                 if ri < 0:
@@ -683,7 +692,7 @@ def decode_windows(
             ctypes.memmove(dst + i * fb, a, fb)
         return out
     buf = np.empty((plan.nrows + plan.nscratch, plan.frame_bytes), np.uint8)
-    by_dict = plan.spec.predict == "dict"
+    by_dict = plan.spec.by_dict(plan.frame_bytes)
     _reconstruct(plan.src, plan.size, plan.home, plan.ref_home, buf, shape[0] == 3, by_dict)
     if plan.dup.size:
         buf[plan.dup] = buf[plan.dup_src]
@@ -763,7 +772,7 @@ def decode_windows_into(
         arrays[1],
         work.reshape(-1, fb),
         plan.shape[0] == 3,
-        plan.spec.predict == "dict",
+        plan.spec.by_dict(plan.frame_bytes),
         plan.item_end,
         plan.dup_end,
     )

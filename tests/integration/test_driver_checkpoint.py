@@ -38,6 +38,19 @@ class FlakyShard:
         return "snapshot_000001.ddrq"
 
 
+@ray.remote(num_cpus=0)
+class CountingShard:
+    def __init__(self):
+        self.calls = 0
+
+    def snapshot(self) -> str:
+        self.calls += 1
+        return f"snapshot_{self.calls:06d}.ddrq"
+
+    def count(self) -> int:
+        return self.calls
+
+
 @ray.remote(max_restarts=0, num_cpus=0)
 class StubLearner:
     def state(self) -> dict:
@@ -97,3 +110,23 @@ def test_dead_learner_postpones_or_raises_at_once(ray_cluster, tmp_path):
     with pytest.raises(ray.exceptions.RayActorError):
         driver.checkpoint(SNAP, patience=600.0)  # a learner is never restarted: no waiting
     assert list_checkpoints(tmp_path) == []
+
+
+def test_healthy_shards_are_not_asked_again_while_another_restarts(ray_cluster, tmp_path):
+    healthy = CountingShard.remote()
+    flaky = FlakyShard.remote(str(tmp_path / "died-once"))
+    driver, _ = _driver(tmp_path, [healthy, flaky], StubLearner.remote())
+    path = driver.checkpoint(SNAP, patience=60.0)
+    assert path is not None
+    assert ray.get(healthy.count.remote()) == 1  # only the failed shard was asked again
+
+
+def test_an_actor_down_too_long_ends_the_postponements(ray_cluster, tmp_path, monkeypatch):
+    (tmp_path / "died-once").touch()
+    learner = StubLearner.remote()
+    ray.kill(learner, no_restart=True)
+    driver, _ = _driver(tmp_path, [FlakyShard.remote(str(tmp_path / "died-once"))], learner)
+    assert driver.checkpoint(SNAP, patience=0.0) is None  # first postponement
+    monkeypatch.setattr(launch_mod, "FINAL_CHECKPOINT_PATIENCE_S", 0.0)
+    with pytest.raises(ray.exceptions.RayActorError):
+        driver.checkpoint(SNAP, patience=0.0)  # down longer than the limit: lost

@@ -147,3 +147,48 @@ def test_msgpack_roundtrip_and_errors():
         FrameEncoder("nope")
     with pytest.raises(ValueError):
         FrameEncoder("raw", (3, 8, 8)).encode(frames.astype(np.int16))
+
+
+@pytest.mark.parametrize("codec", ["lz4-tree", "lz4d-tree", "lz4-key16"])
+def test_damaged_frame_bytes_raise_a_clear_error(codec, reconstructor):
+    """A predicted frame whose LZ4 block lost its second half: every decoder path raises a
+    one-line ValueError, no crash. (A well-formed but altered block may still decode, as any
+    LZ4 block does; the disk codec's blobs carry a CRC32.)"""
+    from distdrq.replay.codec import decode_windows_into
+
+    frames = moving_frames(20, (3, 16, 16), 3)
+    good = FrameEncoder(codec, frames.shape[1:]).encode(frames)
+    starts = np.concatenate([[0], np.cumsum(good.sizes)])
+    victim = 6  # a predicted frame (not an intra frame)
+    blocks = [good.payload[starts[i] : starts[i + 1]] for i in range(len(frames))]
+    blocks[victim] = blocks[victim][: len(blocks[victim]) // 2]
+    sizes = np.array([len(b) for b in blocks], np.int64)
+    ep = EpisodeFrames(codec, frames.shape[1:])
+    ep.append(EncodedFrames(codec, frames.shape[1:], 0, b"".join(blocks), sizes))
+    np.testing.assert_array_equal(ep.decode(np.arange(5)), frames[:5])  # the rest decodes
+    with pytest.raises(ValueError, match="corrupt LZ4 frame in replay"):
+        ep.decode(np.array([victim]))
+    obs = np.empty((2, 3, *frames.shape[1:]), np.uint8)
+    nxt = np.empty_like(obs)
+    windows = np.array([[0, 1, 2, 3, 4, 5], [victim - 1, victim, victim + 1, 9, 10, 11]])
+    with pytest.raises(ValueError, match="corrupt LZ4 frame in replay"):
+        decode_windows_into([ep], np.zeros(2, np.int64), windows, (obs, nxt))
+
+
+@pytest.mark.parametrize("shape", [(3, 150, 150), (1, 256, 256)])
+def test_dictionary_codec_falls_back_to_residuals_for_frames_over_64k(shape, reconstructor):
+    """LZ4 cannot reach a reference more than 65,535 bytes back: lz4d-tree codes such frames as
+    residuals, exactly as lz4-tree does, bit-exact through every decoder."""
+    frames = moving_frames(12, shape, 4)
+    assert not codec_mod.codec_spec("lz4d-tree").by_dict(int(np.prod(shape)))
+    ep = store("lz4d-tree", frames, [5])
+    assert ep.nbytes() == store("lz4-tree", frames, [5]).nbytes()
+    np.testing.assert_array_equal(ep.decode(np.arange(len(frames))), frames)
+    from distdrq.replay.codec import decode_windows_into
+
+    obs = np.empty((2, 3, *shape), np.uint8)
+    nxt = np.empty_like(obs)
+    windows = np.array([[0, 0, 0, 1, 2, 3], [6, 7, 8, 9, 10, 11]])
+    decode_windows_into([ep], np.zeros(2, np.int64), windows, (obs, nxt))
+    np.testing.assert_array_equal(obs, frames[windows[:, :3]])
+    np.testing.assert_array_equal(nxt, frames[windows[:, 3:]])
