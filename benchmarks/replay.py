@@ -13,12 +13,12 @@ shard's batches per second timed alternately in the same loop, actor-side encode
 with the default K=1 the compressed frames fit in the CPU caches, as in a small shard; K=100
 (100k transitions, hundreds of MB) gives the speed of a full-size shard, whose reads miss them.
 
-On disk: a snapshot file of the default codec's shard (lz4d-tree) is written with each disk codec (``stored``: the
+On disk: a snapshot file of the default codec's shard (lz4d-star32) is written with each disk codec (``stored``: the
 replay bytes as they are; ``cm``: the context-modelling coder of distdrq.replay.diskcodec) and
 read back into a shard; reported as file bytes per transition, ratio against DrQ-v2, and write
 and restore milliseconds per frame (restore includes re-encoding for the in-memory codec).
 
-    python benchmarks/replay.py [--episodes 2] [--reps 40] [--codecs lz4-key16,lz4d-tree]
+    python benchmarks/replay.py [--episodes 2] [--reps 40] [--codecs lz4-key16,lz4d-star32]
         [--copies 1] [--no-disk]
 """
 

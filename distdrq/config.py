@@ -127,8 +127,8 @@ class ReplayConfig:
     """n-step return horizon (walker tasks: 1)"""
     discount: float = 0.99
     """agent discount factor gamma"""
-    codec: str = "lz4d-tree"
-    """frame codec: lz4d-tree (lossless, ~12-18x smaller than DrQ-v2), lz4-key16 (faster
+    codec: str = "lz4d-star32"
+    """frame codec: lz4d-star32 (lossless, ~12-20x smaller than DrQ-v2), lz4-key16 (faster
     sampling, ~8-16x), raw (fastest sampling), ... (distdrq.replay.codec.CODECS)"""
     disk_codec: str = "cm"
     """frames in replay snapshots and checkpoints: cm (context-modelling coder, ~2x smaller than
@@ -205,7 +205,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "replay.disk_codec": ("cm", "stored"),
     "replay.codec": (
         "raw",
-        "lz4d-tree",
+        "lz4d-star32",
         "lz4-key16",
         "lz4-tree",
         "lz4-chain16",

@@ -117,7 +117,7 @@ def fill(codec: str, shape=(3, 12, 12), seed=6) -> tuple[ReplayShard, Episodes]:
     return shard, eps
 
 
-@pytest.mark.parametrize("codec", ["lz4d-tree", "lz4-tree", "raw"])
+@pytest.mark.parametrize("codec", ["lz4d-star32", "lz4-tree", "raw"])
 def test_disk_state_restores_bit_exactly_into_any_codec(tmp_path, codec):
     shard, eps = fill(codec)
     unfinished = eps.episode(4, 30, [9, 20], last=True)
@@ -131,7 +131,7 @@ def test_disk_state_restores_bit_exactly_into_any_codec(tmp_path, codec):
     path = tmp_path / "s.ddrq"
     write_snapshot(path, state)
     # episodes are restored on several threads (None: one per CPU) or one
-    for target, threads in [("lz4-tree", 1), ("raw", 3), ("lz4-key16", None), ("lz4d-tree", 2)]:
+    for target, threads in [("lz4-tree", 1), ("raw", 3), ("lz4-key16", None), ("lz4d-star32", 2)]:
         restored = ReplayShard(70, 3, GAMMA, 3, seed=99, codec=target)
         restored.load_state_dict(read_snapshot(path), threads=threads)
         assert list(restored._episodes) == list(shard._episodes)
@@ -172,7 +172,7 @@ def test_snapshot_store_sets_aside_a_state_that_does_not_load(tmp_path):
     )
 
 
-@pytest.mark.parametrize("codec", ["lz4d-tree", "lz4-tree", "raw"])
+@pytest.mark.parametrize("codec", ["lz4d-star32", "lz4-tree", "raw"])
 def test_snapshots_reuse_coded_episodes_they_already_hold(tmp_path, codec, monkeypatch):
     shard, eps = fill(codec)
     unfinished = eps.episode(4, 30, [9, 20], last=True)
