@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from distdrq.config import Config, ConfigError, load_config
+from distdrq.types import Batch
 
 _GIB = 1024**3
 _MIB = 1024**2
@@ -78,20 +79,6 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def _tensor_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
-
-
-def _random_batch(obs_shape: tuple[int, ...], action_dim: int, batch_size: int) -> Any:
-    from distdrq.types import Batch
-
-    rng = np.random.default_rng(0)
-    return Batch(
-        obs=rng.integers(0, 256, (batch_size, *obs_shape), dtype=np.uint8),
-        action=rng.uniform(-1, 1, (batch_size, action_dim)).astype(np.float32),
-        reward=rng.uniform(0, 1, batch_size).astype(np.float32),
-        discount=np.full(batch_size, 0.99, np.float32),
-        next_obs=rng.integers(0, 256, (batch_size, *obs_shape), dtype=np.uint8),
-        version=np.zeros(batch_size, np.int64),
-    )
 
 
 def _saved_tensor_bytes(fn: Any, exclude: set[int]) -> tuple[Any, int]:
@@ -174,7 +161,7 @@ def memory_report(
     env.close()
     torch.manual_seed(cfg.train.seed)
     agent = make_agent(obs_shape, action_dim, cfg.agent)
-    batch = _random_batch(obs_shape, action_dim, cfg.agent.batch_size)
+    batch = Batch.random(obs_shape, action_dim, cfg.agent.batch_size)
 
     networks = {
         name: (

@@ -84,3 +84,24 @@ class Batch:
 
     def __len__(self) -> int:
         return int(self.action.shape[0])
+
+    @classmethod
+    def random(
+        cls,
+        obs_shape: tuple[int, ...],
+        action_dim: int,
+        batch_size: int,
+        seed: int = 0,
+        discount: float = 0.99,
+    ) -> Batch:
+        """Uniformly random pixels, actions in [-1, 1], rewards in [0, 1] and a fixed discount
+        (benchmarks and tests of the learner)."""
+        rng = np.random.default_rng(seed)
+        return cls(
+            obs=rng.integers(0, 256, (batch_size, *obs_shape), dtype=np.uint8),
+            action=rng.uniform(-1, 1, (batch_size, action_dim)).astype(np.float32),
+            reward=rng.uniform(0, 1, batch_size).astype(np.float32),
+            discount=np.full(batch_size, discount, np.float32),
+            next_obs=rng.integers(0, 256, (batch_size, *obs_shape), dtype=np.uint8),
+            version=np.zeros(batch_size, np.int64),
+        )

@@ -423,7 +423,8 @@ class Driver:
         except ray.exceptions.RayActorError as exc:
             if patience > 0:
                 raise
-            self._down_since = self._down_since if self._down_since is not None else now
+            if self._down_since is None:
+                self._down_since = now
             if now - self._down_since >= FINAL_CHECKPOINT_PATIENCE_S:
                 raise
             reason = str(exc).strip().splitlines()[0][:160]

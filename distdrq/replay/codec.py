@@ -411,14 +411,10 @@ def _reconstruct_numpy(
             got = _lz4_decompress_safe(a, base + h * width, n, width)
         if got != width:
             raise ValueError("corrupt LZ4 frame in replay")
-    if by_dict:
-        if rgb:
-            _from_planes_(buf.reshape(buf.shape[0], 3, -1))
-        return
     if rgb:
-        planes = buf.reshape(buf.shape[0], 3, -1)
-        planes[:, 0] += planes[:, 1]
-        planes[:, 2] += planes[:, 1]
+        _from_planes_(buf.reshape(buf.shape[0], 3, -1))
+    if by_dict:  # whole frames already: no residuals to add
+        return
     rows = np.flatnonzero(ref_home >= 0)
     if rows.size == 0:
         return

@@ -46,15 +46,7 @@ def tiny_agent(seed: int = 0, **overrides) -> DrQV2Agent:
 
 
 def random_batch(batch_size: int = 8, seed: int = 0) -> Batch:
-    rng = np.random.default_rng(seed)
-    return Batch(
-        obs=rng.integers(0, 256, (batch_size, *OBS_SHAPE), dtype=np.uint8),
-        action=rng.uniform(-1, 1, (batch_size, ACTION_DIM)).astype(np.float32),
-        reward=rng.uniform(0, 1, batch_size).astype(np.float32),
-        discount=np.full(batch_size, 0.99**3, np.float32),
-        next_obs=rng.integers(0, 256, (batch_size, *OBS_SHAPE), dtype=np.uint8),
-        version=np.zeros(batch_size, np.int64),
-    )
+    return Batch.random(OBS_SHAPE, ACTION_DIM, batch_size, seed, discount=0.99**3)
 
 
 def params(module: nn.Module) -> list[torch.Tensor]:
