@@ -6,10 +6,17 @@ and read back with ``torch.load(weights_only=True)``. Large side data (the repla
 into ``<name>.<part>.pt`` files written *before* the main file, so a main file on disk always
 has complete parts. The newest ``keep`` checkpoints are kept; a truncated or foreign file is
 reported in one line and the previous good checkpoint is used instead.
+
+Reading never unpickles objects (``weights_only=True``) and never allocates more than the file
+can justify: a file must be torch's zip format with stored (uncompressed) entries, so that
+every tensor's bytes are present in the file (torch checks each storage against its entry);
+anything else is a :class:`CheckpointError` with a one-line message.
 """
 
 from __future__ import annotations
 
+import contextlib
+import pickle
 import re
 import zipfile
 from collections.abc import Callable
@@ -20,6 +27,7 @@ import numpy as np
 import torch
 
 from distdrq.atomic import atomic_open
+from distdrq.types import SkippedFile
 
 FORMAT = "distdrq-checkpoint"
 FORMAT_VERSION = 1
@@ -27,7 +35,19 @@ _NAME = re.compile(r"^ckpt_(\d{12})\.pt$")
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint cannot be read: missing, truncated, foreign or from another version."""
+    """A checkpoint cannot be read: missing, truncated, foreign or from another version.
+
+    Raised by :func:`load_latest` when no checkpoint is usable, ``skipped`` lists the files
+    it set aside."""
+
+    skipped: list[SkippedFile]
+
+    def __init__(self, message: str, skipped: list[SkippedFile] | None = None) -> None:
+        super().__init__(message)
+        self.skipped = list(skipped or [])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.skipped))
 
 
 _NUMPY_TAG = "__numpy__"
@@ -74,17 +94,54 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         torch.save(obj, fh)
 
 
+def _check_container(path: Path) -> None:
+    """A zip file whose entries are stored, not compressed (as :func:`torch.save` writes
+    them): then no entry, and so no tensor, holds more bytes than the file. torch's older
+    non-zip format, which sizes its buffers from numbers in the stream, is refused."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint file {path} does not exist") from None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated?): {exc}") from None
+    size = path.stat().st_size
+    if any(e.compress_type != zipfile.ZIP_STORED for e in entries) or (
+        sum(e.file_size for e in entries) > size
+    ):
+        raise CheckpointError(f"{path} is not a distdrq checkpoint (compressed entries)")
+
+
 def _load(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` with one-line errors that never suggest loading the
+    file unsafely."""
+    _check_container(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:
         raise CheckpointError(f"checkpoint file {path} does not exist") from exc
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f"a Python object ({found.group(1)})" if found else "data other than tensors"
+        raise CheckpointError(
+            f"{path} is not a distdrq checkpoint: it holds {what}, and distdrq loads only "
+            "tensors and plain data"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated?): {first}") from exc
-    except Exception as exc:  # torch raises UnpicklingError and others for foreign files
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path} is not a distdrq checkpoint: {first}") from exc
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated?): {_first_line(exc)}"
+        ) from None
+    except Exception as exc:  # torch raises other types for foreign files
+        raise CheckpointError(f"{path} is not a distdrq checkpoint: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error's text, unless it advises loading without weights_only."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if "weights_only" in text or "trust" in first:
+        return f"{type(exc).__name__} while reading it"
+    return first
 
 
 def checkpoint_dir(run_dir: str | Path) -> Path:
@@ -126,7 +183,7 @@ def save_checkpoint(
         "state": to_tensors(state),
     }
     atomic_torch_save(payload, main)
-    for old in list_checkpoints(run_dir)[max(keep, 1) :]:
+    for old in list_checkpoints(run_dir)[max(keep, 2) :]:  # one to fall back to, always
         for path in root.glob(old.stem + ".*"):
             path.unlink(missing_ok=True)
     return main
@@ -160,35 +217,63 @@ def load_latest(
     run_dir: str | Path,
     warn: Callable[[str], None] = print,
     restore: Callable[[dict[str, Any], dict[str, dict[str, Any]]], None] | None = None,
+    skipped: list[SkippedFile] | None = None,
 ) -> tuple[Path, dict[str, Any], dict[str, dict[str, Any]]]:
     """Load the newest readable checkpoint of a run.
 
-    A broken main file is renamed to ``*.broken`` (never deleted) and reported through ``warn``,
-    and the previous checkpoint is tried, so that later saves never rotate out a good checkpoint
-    in favour of a broken one. ``restore(state, parts)``, if given, is applied to each candidate;
-    a ValueError from it (for example damaged replay frames) makes that checkpoint broken too.
+    A broken main file is renamed to ``*.broken`` (never deleted), its parts likewise, reported
+    through ``warn`` and the previous checkpoint is tried, so that later saves never rotate
+    out a good checkpoint in favour of a broken one. ``restore(state, parts)``, if given, is
+    applied to each candidate; a ValueError from it (for example damaged replay frames) makes
+    that checkpoint broken too. ``skipped``, if given, receives a
+    :class:`~distdrq.types.SkippedFile` for each file set aside (with the replay transitions
+    it held when its replay part could be read), so that the caller can report the loss; when
+    no checkpoint is usable the :class:`CheckpointError` carries the same list.
     """
     candidates = list_checkpoints(run_dir)
     if not candidates:
         raise CheckpointError(
             f"no checkpoint in {checkpoint_dir(run_dir)}; start a new run without --resume"
         )
-    errors = []
-    for path in candidates:
+    found: list[SkippedFile] = []
+    for n, path in enumerate(candidates):
+        parts: dict[str, dict[str, Any]] = {}
         try:
             state, parts = load_checkpoint(path)
             if restore is not None:
                 try:
                     restore(state, parts)
                 except ValueError as exc:
-                    raise CheckpointError(f"checkpoint {path} does not load: {exc}") from exc
+                    raise CheckpointError(
+                        f"checkpoint {path} does not load: {_first_line(exc)}"
+                    ) from exc
         except CheckpointError as exc:
-            errors.append(str(exc))
-            aside = path.with_name(path.name + ".broken")
-            path.rename(aside)  # kept for inspection, no longer counted as a checkpoint
-            warn(f"warning: {exc}; moved it to {aside.name} and trying the previous checkpoint")
+            item = _set_aside(path, str(exc), parts.get("replay"))
+            found.append(item)
+            if skipped is not None:
+                skipped.append(item)
+            then = "trying the previous checkpoint" if n + 1 < len(candidates) else "none left"
+            warn(f"warning: {item.describe()}; {then}")
             continue
         return path, state, parts
     raise CheckpointError(
-        f"no readable checkpoint in {checkpoint_dir(run_dir)} ({len(errors)} broken: {errors[0]})"
+        f"no readable checkpoint in {checkpoint_dir(run_dir)} ({len(found)} broken: "
+        f"{found[0].reason})",
+        found,
     )
+
+
+def _set_aside(path: Path, reason: str, replay: Any) -> SkippedFile:
+    """Rename a broken main file and its parts to ``*.broken``; what it held, if known."""
+    from distdrq.replay.shard import state_counts  # the replay modules are heavier
+
+    counts = state_counts(replay)
+    aside: Path | None = path.with_name(path.name + ".broken")
+    try:
+        path.rename(aside)  # type: ignore[arg-type]  # kept for inspection, out of the rotation
+    except OSError:
+        aside = None
+    for part in path.parent.glob(path.stem + ".*.pt"):
+        with contextlib.suppress(OSError):
+            part.rename(part.with_name(part.name + ".broken"))
+    return SkippedFile(path, aside, reason, *(counts or (None, None)))

@@ -13,6 +13,7 @@ Conventions (one episode of L transitions has L + 1 frames):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -57,8 +58,8 @@ class Chunk:
     last: bool
     """True if this chunk ends the episode"""
     encoded: Any = None
-    """EncodedFrames from the writer's FrameEncoder; when set, `frames` may be an empty array and
-    the shard stores these bytes as they are"""
+    """EncodedFrames from the writer's FrameEncoder (with its checksum); when set, `frames` may be
+    an empty array and the shard stores these bytes as they are, once verified"""
 
     @property
     def num_transitions(self) -> int:
@@ -105,3 +106,29 @@ class Batch:
             next_obs=rng.integers(0, 256, (batch_size, *obs_shape), dtype=np.uint8),
             version=np.zeros(batch_size, np.int64),
         )
+
+
+@dataclass
+class SkippedFile:
+    """A snapshot or checkpoint that a restore could not use, set aside as ``*.broken``."""
+
+    path: Path
+    """where the file was"""
+    moved_to: Path | None
+    """where it is now (None if it could not be renamed)"""
+    reason: str
+    """why it was skipped, one line"""
+    transitions: int | None = None
+    """replay transitions it held, when known (its header or its readable replay state)"""
+    episodes: int | None = None
+    """replay episodes it held, when known"""
+
+    def describe(self) -> str:
+        """One line for a log: the reason, where the file went and what it held."""
+        where = f"moved it to {self.moved_to.name}" if self.moved_to else "could not move it"
+        held = ""
+        if self.transitions is not None:
+            held = f"; it held {self.transitions:,} replay transitions"
+            if self.episodes is not None:
+                held += f" in {self.episodes:,} episodes"
+        return f"{self.reason}; {where}{held}"

@@ -33,6 +33,7 @@ decode (single thread, numba); ratios in benchmarks/RESULTS.md.
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 
@@ -53,6 +54,14 @@ METHOD_STORED = 1
 _PROB_BITS = 12
 _ADAPT = 5
 _NQ = 12  # quantisation levels of a context value
+_MAX_PIXELS_PER_BYTE = 1024
+"""the model codes each pixel with at least one binary decision costing at least
+-log2(4065/4096) bits, so a body byte holds at most ~730 pixels (measured: 727 for constant
+frames); a header claiming more than this many pixels per body byte is refused"""
+_CM_MAX_CHANNELS = 16
+_CM_MAX_FRAME = 1 << 24
+"""frames with more channels or bytes are stored plainly (the decoder's work arrays grow with
+the frame, its context tables with the channels)"""
 
 
 def _quantise(a):  # pragma: no cover - jitted
@@ -301,7 +310,8 @@ def encode_frames(frames: np.ndarray) -> np.ndarray:
         raise ValueError(f"expected uint8 frames [F, C, H, W], got {frames.dtype} {frames.shape}")
     nf, nc, h, w = frames.shape
     method, body = METHOD_STORED, frames.reshape(-1)
-    if frames.size and _numba is not None:
+    modelled = nc <= _CM_MAX_CHANNELS and nc * h * w <= _CM_MAX_FRAME
+    if frames.size and modelled and _numba is not None:
         buf = np.empty(frames.size + 64, np.uint8)
         n = int(_encode_kernel(_to_planes(frames), buf))
         if n < frames.size:
@@ -342,14 +352,25 @@ def describes(blob: np.ndarray | bytes, frames: np.ndarray) -> bool:
 
 def decode_frames(blob: np.ndarray | bytes) -> np.ndarray:
     """The uint8 frames ``[F, C, H, W]`` of an :func:`encode_frames` blob; ValueError if the
-    blob is damaged (CRC of the decoded frames checked)."""
+    blob is damaged (CRC of the decoded frames checked).
+
+    Never allocates more than the blob can justify: a header that claims more pixels than its
+    bytes can code is an error before any allocation."""
     data, method, shape, crc = _read_header(blob)
     body = data[_HEADER.size :]
+    pixels = math.prod(shape)
     if method == METHOD_STORED:
-        if body.size != np.prod(shape):
-            raise ValueError(f"disk-coded frames hold {body.size} bytes, expected {np.prod(shape)}")
+        if body.size != pixels:
+            raise ValueError(f"disk-coded frames hold {body.size} bytes, expected {pixels}")
         frames = body.reshape(shape).copy()
     else:
+        nf, nc, h, w = shape
+        if min(shape) < 1 or nc > _CM_MAX_CHANNELS or nc * h * w > _CM_MAX_FRAME:
+            raise ValueError(f"disk-coded frames have an impossible shape {list(shape)}")
+        if pixels > _MAX_PIXELS_PER_BYTE * body.size:
+            raise ValueError(
+                f"disk-coded frames claim {pixels} pixels in {body.size} bytes (damaged header)"
+            )
         if _numba is None:  # pragma: no cover
             raise ValueError("decoding disk-coded frames needs numba (pip install numba)")
         frames = np.zeros(shape, np.uint8)

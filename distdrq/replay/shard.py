@@ -13,25 +13,34 @@ Frames live behind :class:`FrameStore` (append frames, gather frames by index):
 from __future__ import annotations
 
 import abc
+import math
 import os
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from distdrq.replay.codec import (
     DEFAULT_CODEC,
+    MAX_FRAME_BYTES,
     EncodedFrames,
     EpisodeFrames,
     FrameEncoder,
     codec_spec,
     decode_windows,
     decode_windows_into,
+    payload_checksum,
+    undecodable_frame,
 )
 from distdrq.replay.diskcodec import decode_frames, describes, encode_frames
+from distdrq.replay.errors import REJECT_REASONS, ChunkRejected, ReplayStateError
 from distdrq.types import Batch, Chunk
 
 _U32 = (1 << 32) - 1
+_I64 = np.iinfo(np.int64)
+_MAX_ACTION_DIM = 1 << 16
 
 
 def drqv2_bytes_per_transition(frame_shape: tuple[int, ...], frame_stack: int) -> int:
@@ -218,17 +227,47 @@ class EncodedFrameStore(FrameStore):
             store.finalize()
             return store
         payload = np.ascontiguousarray(state["frames.payload"])
-        sizes = np.asarray(state["frames.sizes"], np.int64)
-        if payload.dtype != np.uint8 or payload.ndim != 1 or sizes.ndim != 1:
+        sizes = np.asarray(state["frames.sizes"])
+        if (
+            payload.dtype != np.uint8
+            or payload.ndim != 1
+            or sizes.ndim != 1
+            or sizes.dtype.kind not in "iu"
+        ):
             raise ValueError(
-                f"stored frames are {payload.dtype} {payload.shape} with sizes {sizes.shape}, "
-                "expected a uint8 payload [N] and sizes [F]"
+                f"stored frames are {payload.dtype} {payload.shape} with sizes {sizes.dtype} "
+                f"{sizes.shape}, expected a uint8 payload [N] and integer sizes [F]"
             )
-        if int(sizes.sum()) != payload.size or (sizes.size and sizes.min() <= 0):
+        if not _sizes_fit(sizes, payload.size):
             raise ValueError("stored frame sizes do not add up to the stored payload")
+        sizes = sizes.astype(np.int64)
+        bad = undecodable_frame(codec, tuple(frame_shape), 0, payload, sizes)
+        if bad >= 0:
+            raise ValueError(f"stored frame {bad} does not decode to {list(frame_shape)}")
         store = cls(codec, frame_shape)
         store.episode = store._rebuilt(payload, sizes)
         return store
+
+
+def _sizes_fit(sizes: np.ndarray, payload_bytes: int) -> bool:
+    """Whether integer ``sizes`` are each 1..payload_bytes and add up to ``payload_bytes``
+    (bounds first, so that a crafted size cannot make the sum wrap around)."""
+    if not sizes.size:
+        return payload_bytes == 0
+    if int(sizes.min()) < 1 or int(sizes.max()) > payload_bytes:
+        return False
+    return int(sizes.astype(np.int64).sum()) == payload_bytes
+
+
+def _frame_shape_of(value: Any) -> tuple[int, ...]:
+    """A frame shape from outside: three positive ints, at most MAX_FRAME_BYTES in all."""
+    shape = tuple(value)
+    if not all(isinstance(x, int | np.integer) and not isinstance(x, bool) for x in shape):
+        raise ValueError(f"frame shape {shape!r:.60} is not [C, H, W] of ints")
+    shape = tuple(int(x) for x in shape)
+    if len(shape) != 3 or min(shape) < 1 or math.prod(shape) > MAX_FRAME_BYTES:
+        raise ValueError(f"frame shape {list(shape)} is not [C, H, W] of at most 64 MiB")
+    return shape
 
 
 def _disk_frames(blob: Any, frame_shape: tuple[int, ...]) -> np.ndarray:
@@ -238,6 +277,25 @@ def _disk_frames(blob: Any, frame_shape: tuple[int, ...]) -> np.ndarray:
             f"disk-coded frames have shape {list(frames.shape[1:])}, expected {list(frame_shape)}"
         )
     return frames
+
+
+def state_counts(state: Any) -> tuple[int, int] | None:
+    """``(transitions, episodes)`` of a :meth:`ReplayShard.state_dict` or :func:`disk_state`,
+    found at the top of ``state`` or one level down (e.g. a snapshot's ``{"shard": ...}``);
+    None if there is none or it is malformed. Reads lengths only."""
+    if not isinstance(state, Mapping):
+        return None
+    candidates = [state, *(v for v in state.values() if isinstance(v, Mapping))]
+    for candidate in candidates:
+        if "episode_keys" not in candidate:
+            continue
+        try:
+            episodes = len(candidate["episode_keys"])
+            transitions = sum(len(candidate[f"episode.{i}.rewards"]) for i in range(episodes))
+        except (TypeError, KeyError):
+            return None
+        return int(transitions), int(episodes)
+    return None
 
 
 DISK_CODECS = ("cm", "stored")
@@ -290,6 +348,25 @@ def disk_state(
             old if old is not None and describes(old, frames) else encode_frames(frames)
         )
     return out
+
+
+def _bad_values(
+    actions: np.ndarray, rewards: np.ndarray, discounts: np.ndarray, first_step: int = 0
+) -> str:
+    """What is wrong with float32 per-transition values ('' if nothing): non-finite actions
+    or rewards, or discounts that are not in [0, 1] (NaN included). Steps are counted from
+    ``first_step``."""
+    for name, values in (("actions", actions), ("rewards", rewards)):
+        finite = np.isfinite(values)
+        if not finite.all():
+            step = int(np.argwhere(~finite)[0][0])
+            value = values.reshape(len(values), -1)[step][~finite.reshape(len(values), -1)[step]][0]
+            return f"{name} hold a non-finite value ({value}) at step {first_step + step}"
+    inside = (discounts >= 0) & (discounts <= 1)
+    if not inside.all():
+        step = int(np.flatnonzero(~inside)[0])
+        return f"discounts must lie in [0, 1], got {discounts[step]} at step {first_step + step}"
+    return ""
 
 
 class _Episode:
@@ -349,13 +426,20 @@ class _Episode:
     def from_arrays(
         cls, key: int, slot: int, frames: FrameStore, arrays: dict[str, Any], ended: bool
     ) -> _Episode:
+        """An episode from :meth:`arrays` and its frames; ValueError (storing nothing) if the
+        arrays are inconsistent, of the wrong kind or hold values :meth:`ReplayShard.insert`
+        would refuse."""
+        versions = np.asarray(arrays["versions"])
+        if versions.dtype.kind not in "iu" or (versions.size and versions.max() > _I64.max):
+            raise ValueError(f"replay state: episode {key} has versions of type {versions.dtype}")
         actions = np.asarray(arrays["actions"], np.float32)
         rewards = np.asarray(arrays["rewards"], np.float32)
         discounts = np.asarray(arrays["discounts"], np.float32)
-        versions = np.ascontiguousarray(np.asarray(arrays["versions"], np.int64))
+        versions = np.ascontiguousarray(versions, np.int64)
         length = len(rewards)
         if not (
             actions.ndim == 2
+            and rewards.ndim == discounts.ndim == versions.ndim == 1
             and len(actions) == len(discounts) == len(versions) == length
             and len(frames) == length + 1
         ):
@@ -364,6 +448,9 @@ class _Episode:
                 f"actions {actions.shape}, {length} rewards, {len(discounts)} discounts, "
                 f"{len(versions)} versions"
             )
+        problem = _bad_values(actions, rewards, discounts)
+        if problem:
+            raise ValueError(f"replay state: episode {key}: {problem}")
         episode = cls(key, slot, frames, actions.shape[1], length)
         episode.floats[:, :-2] = actions
         episode.floats[:, -2] = rewards
@@ -385,7 +472,18 @@ class ReplayShard:
     whole episodes are evicted oldest first (by first insertion), finished or not, skipping the
     episode the insert just wrote to: if that episode is all that is left it stays, and the shard
     holds more than ``capacity`` until another episode arrives. A chunk for an evicted episode
-    raises :class:`ValueError`.
+    raises :class:`~distdrq.replay.errors.ChunkRejected`.
+
+    Nothing poisoned, nothing lost: :meth:`insert` validates a chunk completely before it
+    changes anything (shapes and dtypes, finite actions and rewards, discounts in [0, 1], the
+    writer's checksum of encoded frames, every encoded frame decodable), and a rejected chunk
+    raises :class:`~distdrq.replay.errors.ChunkRejected`, is counted in :meth:`stats` and
+    leaves the shard exactly as it was: length, contents, sampling and generator. An episode
+    whose chunk was rejected stays as it was, truncated at its last good chunk and still
+    sampleable: the same chunk (repaired) may be inserted again, while the episode's later
+    chunks no longer fit (their ``first_step`` is past its stored length) and are rejected
+    too (reason ``order``), so an episode never has a gap; it leaves with eviction like any
+    other. :meth:`load_state_dict` builds the new contents completely before replacing the old.
 
     Samples of a batch come out grouped by episode (oldest first) and ordered by step: a batch is
     a sorted multiset of independent uniform draws, which lets frames be copied straight into the
@@ -423,6 +521,8 @@ class ReplayShard:
         self.codec = codec
         self._scratch: np.ndarray | None = None  # decode work space, reused across batches
         self._rng = np.random.default_rng(seed)
+        self._rejected = dict.fromkeys(REJECT_REASONS, 0)  # chunks refused, by reason
+        self._rejected_transitions = 0
         self.clear()
 
     def clear(self) -> None:
@@ -450,17 +550,23 @@ class ReplayShard:
         partial episode would need the references it does not keep): build it with the writer's
         codec, or have the writer use ``codec="raw"``.
 
-        Raises :class:`ValueError`, storing nothing, if the chunk's episode was evicted or has
-        ended, if ``first_step`` is not the number of transitions already stored for its episode,
-        or if array shapes or dtypes disagree with :class:`~distdrq.types.Chunk` or with earlier
-        chunks (dtypes must match exactly: frames uint8, actions/rewards/discounts float32,
-        versions int64), or if encoded frames have another codec, frame shape, first frame or
-        frame count than this shard and the episode call for.
+        Raises :class:`~distdrq.replay.errors.ChunkRejected` (a :class:`ValueError`), storing
+        nothing and counting it in :meth:`stats`, if the chunk's episode was evicted or has
+        ended, if ``first_step`` is not the number of transitions already stored for its
+        episode, if array shapes or dtypes disagree with :class:`~distdrq.types.Chunk` or with
+        earlier chunks (dtypes must match exactly: frames uint8, actions/rewards/discounts
+        float32, versions int64), if an action or reward is not finite or a discount is outside
+        [0, 1], or if encoded frames have another codec, frame shape, first frame or frame count
+        than this shard and the episode call for, carry no checksum or one that differs from
+        their bytes (:func:`~distdrq.replay.codec.payload_checksum`), or hold a frame that does
+        not decode. The class docstring says what becomes of the rejected chunk's episode.
         """
-        key = int(chunk.episode_key)
-        episode = self._episodes.get(key)
-        encoded = chunk.encoded if self.codec != "raw" else None
-        self._validate(chunk, key, episode, encoded)
+        try:
+            key, episode, encoded = self._validate(chunk)
+        except ChunkRejected as exc:
+            self._rejected[exc.reason] = self._rejected.get(exc.reason, 0) + 1
+            self._rejected_transitions += exc.transitions
+            raise
         if episode is None:
             if encoded is not None:
                 frame_shape = tuple(int(x) for x in encoded.frame_shape)
@@ -470,6 +576,7 @@ class ReplayShard:
                 self._frame_shape = frame_shape
                 self._action_dim = int(chunk.actions.shape[1])
             size = chunk.num_transitions
+            assert self._action_dim is not None
             episode = _Episode(
                 key, len(self._slots), self._new_store(size + 1), self._action_dim, size
             )
@@ -490,21 +597,48 @@ class ReplayShard:
             return RawFrameStore(self._frame_shape, capacity)
         return EncodedFrameStore(self.codec, self._frame_shape)
 
-    def _validate(
-        self, chunk: Chunk, key: int, episode: _Episode | None, encoded: EncodedFrames | None
-    ) -> None:
+    def _validate(self, chunk: Chunk) -> tuple[int, _Episode | None, EncodedFrames | None]:
+        """The chunk's key, its stored episode (None if new) and the encoded frames to store
+        (None: store ``chunk.frames``); :class:`ChunkRejected` if anything is wrong."""
+        if not isinstance(chunk, Chunk):
+            raise ChunkRejected(f"expected a Chunk, got {type(chunk).__name__}", "format")
+        key = chunk.episode_key
+        if (
+            isinstance(key, bool)
+            or not isinstance(key, int | np.integer)
+            or not _I64.min <= int(key) <= _I64.max
+        ):
+            raise ChunkRejected(f"chunk episode_key must be an int64, got {key!r:.40}", "format")
+        key = int(key)
+        actions = chunk.actions
+        size = int(actions.shape[0]) if isinstance(actions, np.ndarray) and actions.ndim else 0
+
+        def rejected(reason: str, message: str) -> ChunkRejected:
+            return ChunkRejected(f"episode {key}: {message}", reason, key, size)
+
+        episode = self._episodes.get(key)
         if key in self._evicted:
-            raise ValueError(f"episode {key} was evicted from replay; it cannot receive chunks")
+            raise ChunkRejected(
+                f"episode {key} was evicted from replay; it cannot receive chunks",
+                "evicted",
+                key,
+                size,
+            )
         if episode is not None and episode.ended:
-            raise ValueError(
-                f"episode {key} ended at step {episode.length}; got a chunk after its last one"
+            raise ChunkRejected(
+                f"episode {key} ended at step {episode.length}; got a chunk after its last one",
+                "ended",
+                key,
+                size,
             )
+        first_step = chunk.first_step
+        if isinstance(first_step, bool) or not isinstance(first_step, int | np.integer):
+            raise rejected("format", f"chunk first_step must be an int, got {first_step!r:.40}")
+        if not isinstance(chunk.last, bool | np.bool_):
+            raise rejected("format", f"chunk last must be a bool, got {type(chunk.last).__name__}")
         expected = 0 if episode is None else episode.length
-        if chunk.first_step != expected:
-            raise ValueError(
-                f"episode {key}: chunk starts at step {chunk.first_step}, expected step {expected}"
-            )
-        size = chunk.num_transitions
+        if first_step != expected:
+            raise rejected("order", f"chunk starts at step {first_step}, expected step {expected}")
         for name, dtype, shape in (
             ("actions", np.float32, None),
             ("rewards", np.float32, (size,)),
@@ -514,93 +648,147 @@ class ReplayShard:
             value = getattr(chunk, name)
             if not isinstance(value, np.ndarray) or value.dtype != dtype:
                 found = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
-                raise ValueError(
-                    f"episode {key}: chunk {name} must be {np.dtype(dtype)}, got {found}"
-                )
+                raise rejected("format", f"chunk {name} must be {np.dtype(dtype)}, got {found}")
             if shape is not None and value.shape != shape:
-                raise ValueError(
-                    f"episode {key}: chunk {name} has shape {value.shape}, expected {shape}"
-                )
-        actions = chunk.actions
+                raise rejected("format", f"chunk {name} has shape {value.shape}, expected {shape}")
         if actions.ndim != 2 or (
             self._action_dim is not None and actions.shape[1] != self._action_dim
         ):
             want = f"[{size}, {self._action_dim if self._action_dim is not None else 'A'}]"
-            raise ValueError(
-                f"episode {key}: chunk actions have shape {actions.shape}, expected {want}"
-            )
+            raise rejected("format", f"chunk actions have shape {actions.shape}, expected {want}")
+        problem = _bad_values(actions, chunk.rewards, chunk.discounts, expected)
+        if problem:
+            raise rejected("values", f"chunk {problem}")
         want_frames = size + (1 if episode is None else 0)
+        encoded = chunk.encoded if self.codec != "raw" else None
         if encoded is not None:
-            self._validate_encoded(encoded, key, expected, episode, want_frames)
-            return
+            encoded = self._validate_encoded(encoded, rejected, expected, episode, want_frames)
+            return key, episode, encoded
         frames = chunk.frames
-        if chunk.encoded is not None and isinstance(frames, np.ndarray) and not len(frames):
-            raise ValueError(
-                f"episode {key}: chunk holds only {chunk.encoded.codec!r}-encoded frames and this "
-                "replay stores raw frames; build ReplayShard(codec=...) with the writer's codec "
-                "or use EpisodeWriter(codec='raw')"
+        if (
+            chunk.encoded is not None
+            and isinstance(frames, np.ndarray)
+            and frames.ndim
+            and not len(frames)
+        ):
+            codec = getattr(chunk.encoded, "codec", "?")
+            raise rejected(
+                "format",
+                f"chunk holds only {codec!r}-encoded frames and this replay stores raw frames; "
+                "build ReplayShard(codec=...) with the writer's codec or use "
+                "EpisodeWriter(codec='raw')",
             )
         if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4:
             found = (
                 f"{frames.dtype} {frames.shape}" if isinstance(frames, np.ndarray) else type(frames)
             )
-            raise ValueError(f"episode {key}: chunk frames must be uint8 [F, C, H, W], got {found}")
+            raise rejected("format", f"chunk frames must be uint8 [F, C, H, W], got {found}")
         if self._frame_shape is not None and frames.shape[1:] != self._frame_shape:
-            raise ValueError(
-                f"episode {key}: frames have shape {frames.shape[1:]}, this replay stores {self._frame_shape}"
+            raise rejected(
+                "format",
+                f"frames have shape {frames.shape[1:]}, this replay stores {self._frame_shape}",
             )
         if len(frames) != want_frames:
             what = "transitions + 1 (the reset frame)" if episode is None else "transitions"
-            raise ValueError(
-                f"episode {key}: chunk from step {expected} with {size} transitions has "
-                f"{len(frames)} frames, expected {want_frames} ({what})"
+            raise rejected(
+                "format",
+                f"chunk from step {expected} with {size} transitions has {len(frames)} frames, "
+                f"expected {want_frames} ({what})",
             )
+        if self._frame_shape is None and (
+            min(frames.shape[1:]) < 1 or math.prod(frames.shape[1:]) > MAX_FRAME_BYTES
+        ):
+            raise rejected("format", f"frames have shape {frames.shape[1:]}")
+        return key, episode, None
 
     def _validate_encoded(
         self,
-        encoded: EncodedFrames,
-        key: int,
+        encoded: Any,
+        rejected: Any,
         expected: int,
         episode: _Episode | None,
         want_frames: int,
-    ) -> None:
+    ) -> EncodedFrames:
+        """``encoded`` checked (cheap checks first, then the checksum, then decoding every
+        frame), with a payload the shard owns: bytes are kept, other buffers copied."""
         chunk_size = want_frames - (1 if episode is None else 0)
         if not isinstance(encoded, EncodedFrames):
-            raise ValueError(
-                f"episode {key}: chunk.encoded must be EncodedFrames, got {type(encoded).__name__}"
+            raise rejected(
+                "format", f"chunk.encoded must be EncodedFrames, got {type(encoded).__name__}"
             )
-        if encoded.codec != self.codec:
-            raise ValueError(
-                f"episode {key}: chunk frames are encoded with {encoded.codec!r}, this replay "
-                f"stores {self.codec!r}"
+        if not isinstance(encoded.codec, str) or encoded.codec != self.codec:
+            raise rejected(
+                "format",
+                f"chunk frames are encoded with {encoded.codec!r}, this replay stores "
+                f"{self.codec!r}",
             )
-        shape = tuple(int(x) for x in encoded.frame_shape)
-        if len(shape) != 3 or (self._frame_shape is not None and shape != self._frame_shape):
+        try:
+            shape = _frame_shape_of(encoded.frame_shape)
+        except (TypeError, ValueError):
+            shape = None
+        if shape is None or (self._frame_shape is not None and shape != self._frame_shape):
             want = self._frame_shape if self._frame_shape is not None else "[C, H, W]"
-            raise ValueError(
-                f"episode {key}: encoded frames have shape {shape}, this replay stores {want}"
+            raise rejected(
+                "format",
+                f"encoded frames have shape {encoded.frame_shape!r:.40}, this replay stores {want}",
             )
         first_frame = 0 if episode is None else len(episode.frames)
-        if encoded.first_frame != first_frame:
-            raise ValueError(
-                f"episode {key}: encoded frames start at frame {encoded.first_frame}, expected "
-                f"frame {first_frame}"
+        given = encoded.first_frame
+        if (
+            isinstance(given, bool)
+            or not isinstance(given, int | np.integer)
+            or given != first_frame
+        ):
+            raise rejected(
+                "format",
+                f"encoded frames start at frame {encoded.first_frame!r:.40}, expected frame "
+                f"{first_frame}",
             )
         sizes = encoded.sizes
         if not isinstance(sizes, np.ndarray) or sizes.ndim != 1 or sizes.dtype.kind not in "iu":
-            raise ValueError(f"episode {key}: encoded sizes must be a 1-d integer array")
+            raise rejected("format", "encoded sizes must be a 1-d integer array")
         if len(encoded) != want_frames:
             what = "transitions + 1 (the reset frame)" if episode is None else "transitions"
-            raise ValueError(
-                f"episode {key}: chunk from step {expected} with {chunk_size} "
-                f"transitions has {len(encoded)} encoded frames, expected {want_frames} ({what})"
+            raise rejected(
+                "format",
+                f"chunk from step {expected} with {chunk_size} transitions has {len(encoded)} "
+                f"encoded frames, expected {want_frames} ({what})",
             )
-        payload_size = memoryview(encoded.payload).nbytes
-        if int(sizes.sum()) != payload_size or (sizes.size and int(sizes.min()) <= 0):
-            raise ValueError(
-                f"episode {key}: encoded frame sizes add up to {int(sizes.sum())} bytes, the "
-                f"payload holds {payload_size}"
+        payload = encoded.payload
+        if not isinstance(payload, bytes):  # a buffer the sender could still change: copy it
+            try:
+                view = memoryview(payload)
+            except TypeError:
+                raise rejected(
+                    "format", f"encoded payload must be bytes, got {type(payload).__name__}"
+                ) from None
+            payload = view.tobytes()
+        if not _sizes_fit(sizes, len(payload)):
+            raise rejected(
+                "format",
+                f"encoded frame sizes add up to {int(sizes.astype(np.int64).sum())} bytes, the "
+                f"payload holds {len(payload)}",
             )
+        if encoded.checksum is None:
+            raise rejected(
+                "format",
+                "encoded frames carry no checksum; encode them with FrameEncoder "
+                "(or EncodedFrames.with_checksum())",
+            )
+        if payload_checksum(payload, sizes) != encoded.checksum:
+            raise rejected(
+                "checksum",
+                f"encoded frames from step {expected} are damaged (checksum mismatch)",
+            )
+        bad = undecodable_frame(self.codec, shape, first_frame, payload, sizes)
+        if bad >= 0:
+            raise rejected(
+                "undecodable",
+                f"encoded frame {first_frame + bad} does not decode to {list(shape)}",
+            )
+        if payload is not encoded.payload or sizes.dtype != np.int64:
+            encoded = replace(encoded, payload=payload, sizes=sizes.astype(np.int64))
+        return encoded
 
     def _evict(self, keep: _Episode | None) -> None:
         slot = self._head
@@ -787,6 +975,11 @@ class ReplayShard:
         reference frames an unfinished episode's encoder keeps when the shard encodes raw
         chunks itself; the reused decode work space of :meth:`sample` is not counted.
         ``ratio_vs_drqv2`` is :func:`drqv2_bytes_per_transition` over ``bytes_per_transition``.
+
+        Rejected chunks (counted since this shard object was made; restores do not reset
+        them): ``rejected_chunks`` and ``rejected_transitions`` in all, and
+        ``rejected_chunks_<reason>`` for every reason of
+        :data:`~distdrq.replay.errors.REJECT_REASONS`.
         """
         stored = sum(episode.nbytes for episode in self._episodes.values()) + self._valid.nbytes
         if self._cumulative is not None:
@@ -802,6 +995,9 @@ class ReplayShard:
             "stored_bytes": float(stored),
             "bytes_per_transition": float(per_transition),
             "ratio_vs_drqv2": float(ratio),
+            "rejected_chunks": float(sum(self._rejected.values())),
+            "rejected_transitions": float(self._rejected_transitions),
+            **{f"rejected_chunks_{r}": float(n) for r, n in self._rejected.items()},
         }
 
     def state_dict(self) -> dict[str, Any]:
@@ -843,58 +1039,131 @@ class ReplayShard:
         with ``cm`` frames loads into a shard of any codec (the frames are decoded and
         re-encoded, about 1.5 ms per frame: episodes are done on ``threads`` threads, by default
         one per CPU up to 8, since both coders release the GIL).
+
+        The state is checked as :meth:`insert` checks chunks (consistent lengths and keys,
+        finite values, discounts in [0, 1], every stored frame decodable) and the new contents
+        are built completely before they replace the old ones: on
+        :class:`~distdrq.replay.errors.ReplayStateError` (a :class:`ValueError`, one line) the
+        shard keeps what it had, generator included.
         """
+        try:
+            fresh = self._built_from(state, threads)
+        except ReplayStateError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ReplayStateError(f"replay state does not load: {first}") from exc
+        # nothing below can fail: adopt the new contents and generator state
+        for name in _CONTENTS:
+            setattr(self, name, getattr(fresh, name))
+        self._rng.bit_generator.state = fresh._rng.bit_generator.state
+
+    def _built_from(self, state: Any, threads: int | None) -> ReplayShard:
+        """A new shard like this one holding ``state`` (this one untouched)."""
+        if not isinstance(state, Mapping):
+            raise ReplayStateError(f"replay state must be a mapping, got {type(state).__name__}")
         stored = any(
-            name.startswith("episode.") and name.endswith((".frames", ".frames.payload"))
+            isinstance(name, str)
+            and name.startswith("episode.")
+            and name.endswith((".frames", ".frames.payload"))
             for name in state
         )
-        if state.get("codec") != self.codec and stored:
-            raise ValueError(
-                f"replay state has codec {state.get('codec')!r}; this shard stores {self.codec!r}"
+        codec = state.get("codec")
+        if stored and not (isinstance(codec, str) and codec == self.codec):
+            raise ReplayStateError(
+                f"replay state has codec {codec!r:.40}; this shard stores {self.codec!r}"
             )
-        self.clear()
-        frame_shape = tuple(int(x) for x in state["frame_shape"])
+        fresh = ReplayShard(
+            self.capacity, self.nstep, self.discount, self.frame_stack, codec=self.codec
+        )
+        frame_shape = tuple(state["frame_shape"])
+        keys = _int_array(state["episode_keys"], "episode_keys").tolist()
+        ended = np.asarray(state["episode_ended"])
+        if ended.ndim != 1 or ended.dtype.kind not in "biu" or len(ended) != len(keys):
+            raise ReplayStateError(
+                f"replay state: episode_ended is {ended.dtype} {ended.shape}, expected "
+                f"{len(keys)} flags"
+            )
+        if len(set(keys)) != len(keys):
+            raise ReplayStateError("replay state: an episode key appears twice")
         if frame_shape:
-            self._frame_shape = frame_shape
-            self._action_dim = int(state["action_dim"])
-        keys = np.asarray(state["episode_keys"], np.int64).tolist()
-        ended = np.asarray(state["episode_ended"], np.bool_).tolist()
-        per_episode: dict[int, dict[str, Any]] = {}
+            fresh._frame_shape = _frame_shape_of(frame_shape)
+            fresh._action_dim = int(state["action_dim"])
+            if not 0 <= fresh._action_dim <= _MAX_ACTION_DIM:
+                raise ReplayStateError(f"replay state: action_dim {fresh._action_dim} is invalid")
+        elif keys:
+            raise ReplayStateError(f"replay state: {len(keys)} episodes but no frame shape")
+        per_episode: dict[int, dict[str, Any]] = {i: {} for i in range(len(keys))}
         for name, value in state.items():
-            if name.startswith("episode."):
+            if isinstance(name, str) and name.startswith("episode."):
                 _, index, field = name.split(".", 2)
-                per_episode.setdefault(int(index), {})[field] = value
+                if not index.isdigit() or int(index) not in per_episode:
+                    raise ReplayStateError(
+                        f"replay state: {name!r:.60} names no episode (it holds {len(keys)})"
+                    )
+                per_episode[int(index)][field] = value
+        frame_shape = fresh._frame_shape or ()
 
         def frame_store(i: int) -> FrameStore:
             if self.codec == "raw":
-                return RawFrameStore.from_state(per_episode[i], self._frame_shape or ())
-            return EncodedFrameStore.from_state(per_episode[i], self._frame_shape or (), self.codec)
+                return RawFrameStore.from_state(per_episode[i], frame_shape)
+            return EncodedFrameStore.from_state(per_episode[i], frame_shape, self.codec)
 
-        disk_coded = any(name.endswith(".frames.cm") for name in state)
+        # cm frames are decoded and re-encoded, stored ones trial-decoded: both release the GIL
+        disk_coded = any(isinstance(name, str) and name.endswith(".frames.cm") for name in state)
         workers = min(8, os.cpu_count() or 1) if threads is None else max(1, threads)
-        if disk_coded and workers > 1 and len(keys) > 1:
+        if (disk_coded or self.codec != "raw") and workers > 1 and len(keys) > 1:
             with ThreadPoolExecutor(min(workers, len(keys))) as pool:
                 stores = list(pool.map(frame_store, range(len(keys))))
         else:
             stores = [frame_store(i) for i in range(len(keys))]
-        for i, (key, is_ended) in enumerate(zip(keys, ended, strict=True)):
-            arrays = per_episode[i]
+        for i, (key, is_ended) in enumerate(zip(keys, ended.tolist(), strict=True)):
             frames = stores[i]
-            episode = _Episode.from_arrays(key, len(self._slots), frames, arrays, bool(is_ended))
-            if episode.floats.shape[1] != (self._action_dim or 0) + 2:
-                raise ValueError(
-                    f"replay state: episode {key} has actions of size {episode.floats.shape[1] - 2}, "
-                    f"expected {self._action_dim}"
+            episode = _Episode.from_arrays(
+                key, len(fresh._slots), frames, per_episode[i], bool(is_ended)
+            )
+            if episode.floats.shape[1] != (fresh._action_dim or 0) + 2:
+                raise ReplayStateError(
+                    f"replay state: episode {key} has actions of size "
+                    f"{episode.floats.shape[1] - 2}, expected {fresh._action_dim}"
                 )
-            self._episodes[key] = episode
-            self._slots.append(episode)
-            self._valid = _grown(self._valid, len(self._slots) - 1, len(self._slots))
-            self._valid[episode.slot] = max(0, episode.length - self.nstep + 1)
-            self._transitions += episode.length
-            self._num_frames += len(frames)
-        self._evicted = set(np.asarray(state["evicted_keys"], np.int64).tolist())
-        _unpack_rng(self._rng, np.asarray(state["rng_state"]))
-        self._evict(keep=None)
+            fresh._episodes[key] = episode
+            fresh._slots.append(episode)
+            fresh._valid = _grown(fresh._valid, len(fresh._slots) - 1, len(fresh._slots))
+            fresh._valid[episode.slot] = max(0, episode.length - self.nstep + 1)
+            fresh._transitions += episode.length
+            fresh._num_frames += len(frames)
+        fresh._evicted = set(_int_array(state["evicted_keys"], "evicted_keys").tolist())
+        if fresh._evicted & fresh._episodes.keys():
+            raise ReplayStateError("replay state: an episode is both stored and evicted")
+        _unpack_rng(fresh._rng, np.asarray(state["rng_state"]))
+        fresh._evict(keep=None)
+        return fresh
+
+
+_CONTENTS = (
+    "_frame_shape",
+    "_action_dim",
+    "_episodes",
+    "_evicted",
+    "_slots",
+    "_valid",
+    "_head",
+    "_cumulative",
+    "_transitions",
+    "_num_frames",
+)
+"""what :meth:`ReplayShard.clear` resets and :meth:`ReplayShard.load_state_dict` replaces"""
+
+
+def _int_array(value: Any, name: str) -> np.ndarray:
+    """A 1-d int64 array from a state entry (ints of any width that fit)."""
+    array = np.asarray(value)
+    if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
+        raise ReplayStateError(f"replay state: {name} is {array.dtype} {array.shape}, not ints")
+    if array.size and array.dtype.kind == "u" and int(array.max()) > _I64.max:
+        raise ReplayStateError(f"replay state: {name} holds values beyond int64")
+    return array.astype(np.int64)
 
 
 def _check_out(out: Batch, like: Batch, size: int) -> None:
@@ -924,7 +1193,13 @@ def _pack_rng(rng: np.random.Generator) -> np.ndarray:
 
 
 def _unpack_rng(rng: np.random.Generator, pieces: np.ndarray) -> None:
+    """Inverse of :func:`_pack_rng`; ValueError (``rng`` untouched) unless ``pieces`` are ten
+    32-bit pieces as it writes them."""
+    if pieces.shape != (10,) or pieces.dtype.kind not in "iu":
+        raise ValueError(f"generator state is {pieces.dtype} {pieces.shape}, expected 10 ints")
     values = [int(x) for x in pieces.tolist()]
+    if min(values) < 0 or max(values) > _U32 or values[8] > 1:
+        raise ValueError("generator state pieces out of range")
 
     def join(part: list[int]) -> int:
         return (part[0] << 96) | (part[1] << 64) | (part[2] << 32) | part[3]

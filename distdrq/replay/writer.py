@@ -21,6 +21,11 @@ class EpisodeWriter:
     writer encodes frames itself, actor side, with one
     :class:`~distdrq.replay.codec.FrameEncoder` per episode: its chunks carry ``encoded`` frames
     and an empty ``frames`` array ``[0, C, H, W]``; feed them to a shard with the same codec.
+    Encoded chunks carry the checksum the shard verifies.
+
+    If the shard rejects a chunk (:class:`~distdrq.replay.errors.ChunkRejected`), the episode's
+    later chunks cannot be stored either (they would follow a gap): call
+    :meth:`abandon_episode` and the writer emits nothing more for it.
     """
 
     def __init__(self, writer_id: int, chunk_length: int | None = None, codec: str = "raw") -> None:
@@ -44,6 +49,7 @@ class EpisodeWriter:
         self._rewards: list[float] = []
         self._discounts: list[float] = []
         self._versions: list[int] = []
+        self._abandoned = False  # the episode in progress emits no more chunks
 
     @property
     def episode_key(self) -> int | None:
@@ -83,7 +89,19 @@ class EpisodeWriter:
         self._episode_index += 1
         self._emitted = 0
         self._frames = [frame]
+        self._abandoned = False
         self._encoder = FrameEncoder(self.codec, frame.shape) if self.codec != "raw" else None
+
+    def abandon_episode(self) -> None:
+        """Emit nothing more for the episode in progress (its pending transitions are dropped):
+        for when replay rejected one of its chunks. :meth:`append` keeps taking its steps and
+        returns None until the episode's last step; the next :meth:`begin` starts afresh."""
+        if self._key is None:
+            return
+        self._abandoned = True
+        self._encoder = None
+        self._frames, self._actions = [], []
+        self._rewards, self._discounts, self._versions = [], [], []
 
     def append(
         self,
@@ -98,6 +116,10 @@ class EpisodeWriter:
         ``frame``); return a Chunk when ``chunk_length`` transitions are pending or ``last``."""
         if self._key is None:
             raise ValueError("no episode in progress; call begin(reset_frame) first")
+        if self._abandoned:
+            if last:
+                self._key = None
+            return None
         self._frames.append(self._copy_frame(frame, check_shape=True))
         self._actions.append(np.array(action, np.float32).reshape(-1))
         self._rewards.append(float(reward))
@@ -112,7 +134,7 @@ class EpisodeWriter:
     def flush(self) -> Chunk | None:
         """Emit pending transitions as a partial chunk (for shutdown or a checkpoint); None if
         there are none."""
-        if self._key is None or not self._actions:
+        if self._key is None or self._abandoned or not self._actions:
             return None
         return self._emit(last=False)
 
