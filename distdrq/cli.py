@@ -29,7 +29,7 @@ examples:
   distdrq train --resume runs/cheetah            # continue where it stopped
   distdrq train --task cartpole_swingup agent.lr=3e-4 env.fast_render=true
 
-config keys (set any as KEY=VALUE; defaults shown before task presets):
+config keys (set any as KEY=VALUE; defaults shown before algorithm and task presets):
 """
 
 _LAUNCH_EXAMPLES = """\
@@ -40,7 +40,7 @@ examples:
   distdrq launch --resume runs/cheetah            # continue: counters, replay, weights
   distdrq launch distributed.samples_per_insert=32 # change the replay ratio
 
-config keys (set any as KEY=VALUE; defaults shown before task presets):
+config keys (set any as KEY=VALUE; defaults shown before algorithm and task presets):
 """
 
 
@@ -52,11 +52,16 @@ def _config_reference() -> str:
         docs = field_docs(type(sub))
         for f in dataclasses.fields(sub):
             value = getattr(sub, f.name)
+            key = f"{section.name}.{f.name}"
+            if dataclasses.is_dataclass(value) and f.name != "stddev_schedule":
+                inner = field_docs(type(value))  # a subsection (agent.drq): one line per key
+                for g in dataclasses.fields(value):
+                    line = f"  {key + '.' + g.name:<36} {getattr(value, g.name)!s:<10}"
+                    lines.append(f"{line} {inner.get(g.name, '')}")
+                continue
             if dataclasses.is_dataclass(value):
                 value = ",".join(f"{k}={v}" for k, v in dataclasses.asdict(value).items())
                 key = f"{section.name}.{f.name}.{{initial,final,duration}}"
-            else:
-                key = f"{section.name}.{f.name}"
             lines.append(f"  {key:<36} {value!s:<10} {docs.get(f.name, '')}")
     return "\n".join(lines)
 

@@ -3,6 +3,9 @@
 Every field carries a one-line docstring (the string literal below it). A preset is a YAML file
 with one mapping per section (``env``, ``agent``, ``replay``, ``train``) and an optional
 ``extends`` naming another preset (for example a difficulty group) whose values it overrides.
+The dataclass defaults are DrQ-v2's; another algorithm's published defaults are a preset of
+their own (``configs/algos/<algo>.yaml``), applied under the task preset when ``agent.algo``
+names it.
 Overrides on the command line use dotted keys: ``agent.lr=3e-4``.
 
 Errors are one line and name the key and the allowed choices (:class:`ConfigError`).
@@ -68,11 +71,36 @@ class EnvConfig:
 
 
 @dataclass
+class DrQConfig:
+    """DrQ's own keys (``agent.drq.*``, used when ``agent.algo=drq``); defaults as published."""
+
+    init_temperature: float = 0.1
+    """initial SAC temperature alpha (learned against target entropy -|A|)"""
+    actor_update_every: int = 2
+    """critic updates between actor and temperature updates"""
+    target_update_every: int = 2
+    """critic updates between soft target updates"""
+    encoder_tau: float = 0.01
+    """soft update rate of the target encoder (published DrQ: the critic's 0.01, as its target
+    critic holds the encoder; SAC-AE and CURL: 0.05)"""
+    log_std_min: float = -10.0
+    """lower bound of the actor's log std"""
+    log_std_max: float = 2.0
+    """upper bound of the actor's log std"""
+    target_augs: int = 2
+    """K: augmented copies of next_obs per critic target, their targets averaged (published: 2)"""
+    critic_augs: int = 2
+    """M: augmented copies of obs in the critic loss, their losses summed (published: 2)"""
+
+
+@dataclass
 class AgentConfig:
-    """DrQ-v2 learner hyperparameters (defaults as published for easy and medium tasks)."""
+    """Learner hyperparameters: defaults are DrQ-v2's as published for easy and medium tasks;
+    ``algo: drq`` layers DrQ's published values (``configs/algos/drq.yaml``) under the presets."""
 
     algo: str = "drqv2"
-    """learning algorithm: drqv2 (DDPG, Yarats et al. 2021) or drq (SAC, Kostrikov et al. 2020)"""
+    """learning algorithm: drqv2 (DDPG, Yarats et al. 2021) or drq (SAC, Kostrikov et al. 2020;
+    selects DrQ's published defaults, configs/algos/drq.yaml)"""
     lr: float = 1e-4
     """Adam learning rate for encoder, actor and critic"""
     feature_dim: int = 50
@@ -103,18 +131,8 @@ class AgentConfig:
     """torch device for learning: auto (cuda if available), cpu, cuda, cuda:N"""
     grad_checkpointing: bool = False
     """recompute the encoder's conv activations in backward instead of storing them"""
-    init_temperature: float = 0.1
-    """drq: initial SAC temperature alpha (learned against target entropy -|A|)"""
-    actor_update_every: int = 2
-    """drq: critic updates between actor and temperature updates"""
-    target_update_every: int = 2
-    """drq: critic updates between soft target updates"""
-    encoder_tau: float = 0.01
-    """drq: soft update rate of the target encoder (published DrQ: critic_tau; SAC-AE: 0.05)"""
-    log_std_min: float = -10.0
-    """drq: lower bound of the actor's log std"""
-    log_std_max: float = 2.0
-    """drq: upper bound of the actor's log std"""
+    drq: DrQConfig = field(default_factory=DrQConfig)
+    """drq only: SAC temperature, update cadence, target encoder, log std bounds, K and M"""
 
 
 @dataclass
@@ -230,8 +248,11 @@ _POSITIVE = (
     "train.eval_every_frames",
     "train.checkpoint_every_frames",
     "train.log_every_frames",
-    "agent.actor_update_every",
-    "agent.target_update_every",
+    "agent.drq.init_temperature",
+    "agent.drq.actor_update_every",
+    "agent.drq.target_update_every",
+    "agent.drq.target_augs",
+    "agent.drq.critic_augs",
     "distributed.actors",
     "distributed.shards",
     "distributed.chunk_length",
@@ -292,6 +313,14 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"replay.discount={cfg.replay.discount} must be in (0, 1]")
     if not 0.0 < cfg.agent.critic_tau <= 1.0:
         raise ConfigError(f"agent.critic_tau={cfg.agent.critic_tau} must be in (0, 1]")
+    drq = cfg.agent.drq
+    if not 0.0 < drq.encoder_tau <= 1.0:
+        raise ConfigError(f"agent.drq.encoder_tau={drq.encoder_tau} must be in (0, 1]")
+    if not drq.log_std_min < drq.log_std_max:
+        raise ConfigError(
+            f"agent.drq.log_std_min={drq.log_std_min} must be < "
+            f"agent.drq.log_std_max={drq.log_std_max}"
+        )
     if cfg.agent.stddev_schedule.duration <= 0:
         raise ConfigError("agent.stddev_schedule.duration must be > 0")
     for key in (
@@ -387,10 +416,43 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported field type {tp}")
 
 
+# keys that moved to a section of their own: an old config or override names the new key
+_MOVED = {
+    f"agent.{name}": f"agent.drq.{name}"
+    for name in (
+        "init_temperature",
+        "actor_update_every",
+        "target_update_every",
+        "encoder_tau",
+        "log_std_min",
+        "log_std_max",
+    )
+}
+
+
+def migrate_saved(data: Any) -> Any:
+    """A run directory's saved config as this version reads it: keys an older distdrq wrote in
+    their old place (``_MOVED``) are moved, so old runs still resume. Overrides and presets
+    get no such help: for them the old key is an error naming the new one."""
+    if not isinstance(data, dict) or not isinstance(data.get("agent"), dict):
+        return data
+    agent = dict(data["agent"])
+    moved = {}
+    for old, new in _MOVED.items():
+        name = old.split(".", 1)[1]
+        if name in agent:
+            moved[new.rsplit(".", 1)[1]] = agent.pop(name)
+    if moved:
+        agent["drq"] = {**moved, **(agent.get("drq") or {})}
+    return {**data, "agent": agent}
+
+
 def _unknown(key: str, name: str, choices: list[str]) -> ConfigError:
+    where = f"{key}." if key else ""
     close = difflib.get_close_matches(name, choices, n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
-    where = f"{key}." if key else ""
+    if f"{where}{name}" in _MOVED:
+        hint = f" (moved to {_MOVED[where + name]})"
     return ConfigError(
         f"unknown config key '{where}{name}'{hint}; allowed: {', '.join(sorted(choices))}"
     )
@@ -511,13 +573,42 @@ def from_dict(data: dict[str, Any]) -> Config:
     return cfg
 
 
+def algo_preset(algo: str, task: str) -> dict[str, Any]:
+    """The algorithm preset of ``algo`` for ``task``: ``configs/algos/<algo>/<task>.yaml`` if
+    there is one (it extends ``algos/<algo>``), else ``configs/algos/<algo>.yaml``, else none
+    (DrQ-v2's values are the dataclass defaults). It may not set ``agent.algo`` or ``env.task``.
+    """
+    if algo not in _CHOICES["agent.algo"]:
+        return {}  # validate() names the allowed algorithms
+    root = configs_dir() / "algos"
+    for path in (root / algo / f"{task}.yaml", root / f"{algo}.yaml"):
+        if path.is_file():
+            data = _read_yaml(path)
+            for section, key in (("agent", "algo"), ("env", "task")):
+                if isinstance(data.get(section), dict) and key in data[section]:
+                    raise ConfigError(f"algorithm preset {path} may not set {section}.{key}")
+            return data
+    return {}
+
+
+def _build(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> Config:
+    cfg = from_dict(data)
+    for text in overrides:
+        key, value = parse_override(text)
+        set_key(cfg, key, value)
+    return cfg
+
+
 def load_config(
     task: str | None = None,
     config_file: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
 ) -> Config:
-    """Defaults, then the task preset, then a YAML file, then ``key=value`` overrides; validated.
+    """Defaults, then the algorithm preset (:func:`algo_preset` of the resolved ``agent.algo``),
+    then the task preset, then a YAML file, then ``key=value`` overrides; validated.
 
+    ``agent.algo`` may come from any layer above the algorithm preset (a preset, the file or an
+    override), so the config is resolved once without it to learn the algorithm and the task.
     Raises :class:`ConfigError` (one line) on an unknown task, key or bad value.
     """
     data: dict[str, Any] = {}
@@ -538,10 +629,10 @@ def load_config(
         data = _merge(base, data)
         if task is not None:
             data = _merge(data, {"env": {"task": task}})
-    cfg = from_dict(data)
-    for text in overrides:
-        key, value = parse_override(text)
-        set_key(cfg, key, value)
+    cfg = _build(data, overrides)
+    algo_data = algo_preset(cfg.agent.algo, cfg.env.task)
+    if algo_data:
+        cfg = _build(_merge(algo_data, data), overrides)
     return validate(cfg)
 
 

@@ -1,20 +1,47 @@
-"""DrQ agent (Kostrikov et al. 2020): SAC from pixels with random shifts, as denisyarats/drq.
+"""DrQ agent (Kostrikov, Yarats & Fergus 2020): SAC from pixels with random shifts, as published
+in denisyarats/drq (``drq.py``, ``config.yaml``).
 
-Step for step as the published ``drq.py`` (with K = M = 1: one shift of obs and one of next_obs):
-- critic target r + discount * (min(Q1', Q2')(s', a') - alpha * log pi(a'|s')), a' sampled from
-  the current actor (tanh-squashed diagonal Gaussian, log std tanh-rescaled into
-  [log_std_min, log_std_max]) on the online encoder's features of s'; Q' from the target critic
-  on its own target encoder's features (DrQ's ``critic_target`` holds an encoder copy);
-- the encoder is trained through the critic loss only; the actor (its own trunk, as DrQ's actor
-  has its own head on the tied convs) on detached features, loss alpha * log pi - min(Q1, Q2);
-- alpha = exp(log_alpha), learned with loss alpha * (-log pi - target_entropy), target -|A|;
-- actor and alpha updated every ``actor_update_every`` critic updates, soft target update of the
-  critic (``critic_tau``) and target encoder (``encoder_tau``) every ``target_update_every``.
+Step for step as the published ``DRQAgent.update``:
+- augment: K = ``drq.target_augs`` independent random shifts of next_obs and M = ``drq.critic_augs``
+  of obs (published: K = M = 2, hard-coded as ``next_obs``/``next_obs_aug``, ``obs``/``obs_aug``);
+- critic target, per copy k of next_obs: r + discount * (min(Q1', Q2')(s'_k, a'_k) - alpha *
+  log pi(a'_k|s'_k)), a'_k sampled from the current actor (tanh-squashed diagonal Gaussian, log
+  std tanh-rescaled into [log_std_min, log_std_max]) on the online encoder's features of s'_k,
+  Q' from the target critic on its target encoder's features (DrQ's ``critic_target`` holds an
+  encoder copy); the K targets are averaged;
+- critic loss: the sum over the M copies of obs of mse(Q1, target) + mse(Q2, target); it trains
+  the encoder and the critic;
+- every ``drq.actor_update_every`` updates, after the critic step: obs (its first augmented
+  copy) is encoded again by the just-updated encoder, detached; the actor (its own trunk, as
+  DrQ's actor has its own head on the tied convs) minimises alpha * log pi - min(Q1, Q2) of the
+  updated critic; then alpha = exp(log_alpha) minimises alpha * (-log pi - target_entropy),
+  log pi of that actor step detached, target entropy -|A|;
+- every ``drq.target_update_every`` updates: soft update of the critic (``critic_tau``) and of
+  the target encoder (``drq.encoder_tau``; published: the critic's tau, as one module);
+- pixels scaled to [0, 1] (``obs / 255``), not drqv2's [-0.5, 0.5].
+
+Remaining differences from the published code:
+- the update cadence counts learner updates (``num_updates % 2``), not env steps (``step % 2``):
+  the same phase in ``distdrq train`` with one update per agent step from an even seed step (as
+  DrQ's 1000), but under ``distdrq launch`` updates are decoupled from env steps (rate limiter,
+  policy lag);
+- the encoder and the critic have one Adam each where DrQ has one for both (the same
+  per-parameter update: Adam is elementwise with one lr); DrQ's actor Adam also holds the tied
+  convs, which get zero gradients and stay unchanged, so ours holds the actor's parameters only;
+- the actor loss back-propagates into the actor only (DrQ also fills, then discards, critic
+  gradients), the K target copies and the M critic copies run as one batch each, the twin Q
+  heads as one batched matmul (the same function; float rounding differs);
+- K and M are configurable (DrQ: 2 and 2); with M copies the critic loss is summed over copies,
+  as published, so its scale grows with M;
+- optional autocast (bf16, or fp16 with gradient scalers; LayerNorm and log-probs in fp32),
+  gradient checkpointing of the conv stack (the same maths), ``torch.compile``; published: fp32;
+- ``agent.encoder=nano`` (DrQ-Nano's encoder) is not DrQ's; the default ``drqv2`` encoder is
+  (four convs; the critic's and the actor's trunks are DrQ's encoder heads Linear-LayerNorm-tanh);
+- the seed phase and action repeat are the trainer's and the config's: ``configs/algos/drq.yaml``
+  holds DrQ's published values, task presets and profiles may change them.
 
 Plumbing (devices, precision and grad scalers, channels_last, compile, checkpoints, weight
-export) is :class:`~distdrq.agent.drqv2.DrQV2Agent`'s, inherited. One difference from the
-published code, as in drqv2: the actor update reuses the features computed before the critic
-step (detached) instead of encoding obs again with the just-updated encoder.
+export) is :class:`~distdrq.agent.drqv2.DrQV2Agent`'s, inherited.
 """
 
 from __future__ import annotations
@@ -36,8 +63,8 @@ from distdrq.agent.drqv2 import (
     resolve_device,
     resolve_precision,
 )
-from distdrq.agent.networks import Critic, make_encoder, squashed_normal_sample
-from distdrq.agent.policy import make_actor, sac_action
+from distdrq.agent.networks import Critic, squashed_normal_sample
+from distdrq.agent.policy import make_actor, make_agent_encoder, sac_action
 from distdrq.config import AgentConfig
 from distdrq.types import Batch
 
@@ -65,10 +92,12 @@ class DrQAgent(DrQV2Agent):
         cfg: AgentConfig,
         device: str | torch.device | None = None,
     ) -> None:
-        if cfg.actor_update_every < 1 or cfg.target_update_every < 1:
-            raise ValueError("agent.actor_update_every and agent.target_update_every must be >= 1")
-        if not cfg.init_temperature > 0:
-            raise ValueError(f"agent.init_temperature={cfg.init_temperature} must be > 0")
+        drq = cfg.drq
+        for key in ("actor_update_every", "target_update_every", "target_augs", "critic_augs"):
+            if getattr(drq, key) < 1:
+                raise ValueError(f"agent.drq.{key}={getattr(drq, key)} must be >= 1")
+        if not drq.init_temperature > 0:
+            raise ValueError(f"agent.drq.init_temperature={drq.init_temperature} must be > 0")
         self.cfg = cfg
         self.device = resolve_device(cfg.device if device is None else device)
         self.amp_dtype, use_scaler = resolve_precision(cfg.precision, self.device)
@@ -78,7 +107,7 @@ class DrQAgent(DrQV2Agent):
             torch.backends.cudnn.benchmark = True
         memory_format = torch.channels_last if self.channels_last else torch.preserve_format
 
-        self.encoder = make_encoder(obs_shape, cfg.encoder, cfg.grad_checkpointing)
+        self.encoder = make_agent_encoder(obs_shape, cfg, cfg.grad_checkpointing)  # [0, 1] pixels
         self.encoder.to(self.device, memory_format=memory_format)
         self.encoder_target = copy.deepcopy(self.encoder).requires_grad_(False)
         repr_dim = self.encoder.repr_dim
@@ -88,7 +117,7 @@ class DrQAgent(DrQV2Agent):
         self.critic_target = Critic(*dims).to(self.device)
         self.critic_target.load_state_dict(self.critic.state_dict())
         self.critic_target.requires_grad_(False)
-        self.temperature = Temperature(cfg.init_temperature).to(self.device)
+        self.temperature = Temperature(drq.init_temperature).to(self.device)
         self.target_entropy = -float(action_dim)
 
         # optimizers: one Adam each, as DrQ (the encoder's is DrQ's critic optimizer's share)
@@ -153,29 +182,27 @@ class DrQAgent(DrQV2Agent):
         next_h_target: torch.Tensor,
         noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """r + discount * (min(Q1', Q2')(s', a') - alpha * log pi(a'|s')), a' ~ pi(next_h).
+        """Mean over the K copies of r + discount * (min(Q1', Q2')(s', a') - alpha * log pi(a'|s')),
+        a' ~ pi(next_h); [B, 1].
 
-        ``next_h``: online encoder features of s' (the actor's input); ``next_h_target``: target
-        encoder features (the target critic's input); ``noise`` fixes the sample (tests).
+        ``next_h``: online encoder features of the K augmented copies of s', stacked [K * B, D]
+        (the actor's input); ``next_h_target``: the target encoder's features of the same copies
+        (the target critic's input); ``noise`` [K * B, A] fixes the samples (tests).
         """
+        k = next_h.shape[0] // reward.shape[0]
         with self._autocast():
             mu, log_std = self.actor(next_h)
             next_action, log_prob = squashed_normal_sample(mu, log_std, noise)
             target_q1, target_q2 = self.critic_target(next_h_target, next_action)
         target_v = torch.min(target_q1, target_q2) - self.alpha.detach() * log_prob
-        return reward + discount * target_v
+        target_q = reward.repeat(k, 1) + discount.repeat(k, 1) * target_v  # one per copy
+        return target_q.view(k, -1, 1).mean(0)
 
     def update_critic(
-        self,
-        h: torch.Tensor,
-        action: torch.Tensor,
-        reward: torch.Tensor,
-        discount: torch.Tensor,
-        next_h: torch.Tensor,
-        next_h_target: torch.Tensor,
+        self, h: torch.Tensor, action: torch.Tensor, target_q: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """One encoder + critic step on features ``h`` (with grad) against :meth:`target_q`."""
-        target_q = self.target_q(reward, discount, next_h, next_h_target)
+        """One encoder + critic step: ``h`` [M * B, D] (with grad) holds the features of the M
+        augmented copies of obs; loss sum over copies of mse(Q1, target) + mse(Q2, target)."""
         return self.critic_step(h, action, target_q)
 
     def update_actor(
@@ -221,17 +248,18 @@ class DrQAgent(DrQV2Agent):
         """Soft target updates: critic at critic_tau, target encoder at encoder_tau."""
         torch._foreach_lerp_(self._target_params, self._critic_params, self.cfg.critic_tau)
         torch._foreach_lerp_(
-            self._encoder_target_params, self._encoder_params, self.cfg.encoder_tau
+            self._encoder_target_params, self._encoder_params, self.cfg.drq.encoder_tau
         )
 
     def update(self, batch: Batch | Any, step: int) -> dict[str, float]:
         """One learner update on ``batch``; the actor/alpha metrics are those of the last actor
-        update (every ``actor_update_every`` calls). ``step`` is unused (no schedules in DrQ)."""
+        update (every ``drq.actor_update_every`` calls). ``step`` is unused (no schedules)."""
         obs, action, reward, discount, next_obs = batch_to_tensors(batch, self.device)
+        drq = self.cfg.drq
 
-        # augment
-        obs = self.aug(obs)
-        next_obs = self.aug(next_obs)
+        # augment: M independent shifts of obs, K of next_obs (published: K = M = 2)
+        obs = self.aug(obs.repeat(drq.critic_augs, 1, 1, 1))
+        next_obs = self.aug(next_obs.repeat(drq.target_augs, 1, 1, 1))
 
         # encode: obs with grad; next_obs by the online encoder (actor) and the target encoder
         with self._autocast():
@@ -241,17 +269,21 @@ class DrQAgent(DrQV2Agent):
                 next_h_target = self.encoder_target(next_obs)
 
         metrics = {"batch_reward": reward.mean()}
-        metrics.update(self.update_critic(h, action, reward, discount, next_h, next_h_target))
+        target_q = self.target_q(reward, discount, next_h, next_h_target)
+        metrics.update(self.update_critic(h, action, target_q))
+        del h  # its graph is freed; the actor sees fresh features
 
-        # update actor and temperature
-        if self.num_updates % self.cfg.actor_update_every == 0:
-            actor_metrics = self.update_actor(h.detach())
+        # update actor and temperature on obs's first copy, encoded by the updated encoder
+        if self.num_updates % drq.actor_update_every == 0:
+            with torch.no_grad(), self._autocast():
+                h_actor = self.encoder(obs[: action.shape[0]])
+            actor_metrics = self.update_actor(h_actor)
             actor_metrics.update(self.update_alpha(actor_metrics["actor_logprob"]))
             self._actor_metrics = actor_metrics
         metrics.update(self._actor_metrics)
 
         # update critic target
-        if self.num_updates % self.cfg.target_update_every == 0:
+        if self.num_updates % drq.target_update_every == 0:
             self.update_critic_target()
         self.num_updates += 1
 

@@ -195,10 +195,18 @@ class DrQV2Agent:
     def critic_step(
         self, h: torch.Tensor, action: torch.Tensor, target_q: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """Twin-Q regression of the critic (and, through ``h``, the encoder) onto ``target_q``."""
+        """Twin-Q regression of the critic (and, through ``h``, the encoder) onto ``target_q``.
+
+        ``h`` may hold M augmented copies of the batch ([M * B, D], DrQ's M): the loss is then
+        the sum over copies of each copy's twin-Q loss, as DrQ publishes it (M = 1: DrQ-v2)."""
+        m = h.shape[0] // action.shape[0]
+        if m > 1:
+            action, target_q = action.repeat(m, 1), target_q.repeat(m, 1)
         with self._autocast():
             q1, q2 = self.critic(h, action)
         critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
+        if m > 1:  # M times the mean over all M * B rows = the sum of the M copies' means
+            critic_loss = m * critic_loss
 
         # optimize encoder and critic
         self.encoder_opt.zero_grad(set_to_none=True)
@@ -209,7 +217,7 @@ class DrQV2Agent:
         self.critic_scaler.update()
 
         return {
-            "critic_target_q": target_q.mean(),
+            "critic_target_q": target_q[: target_q.shape[0] // m].mean(),
             "critic_q1": q1.detach().mean(),
             "critic_q2": q2.detach().mean(),
             "critic_loss": critic_loss.detach(),

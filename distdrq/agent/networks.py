@@ -44,11 +44,15 @@ def trunk(repr_dim: int, feature_dim: int) -> nn.Sequential:
 
 
 class Encoder(nn.Module):
-    """obs / 255 - 0.5, Conv(C->32, 3, stride 2), 3x Conv(32->32, 3, stride 1), ReLU; flatten."""
+    """obs / 255 - 0.5, Conv(C->32, 3, stride 2), 3x Conv(32->32, 3, stride 1), ReLU; flatten.
 
-    def __init__(self, obs_shape: tuple[int, int, int]) -> None:
+    ``pixel_offset`` is the 0.5 subtracted (drqv2: 0.5, pixels in [-0.5, 0.5]; DrQ: 0, [0, 1]).
+    """
+
+    def __init__(self, obs_shape: tuple[int, int, int], pixel_offset: float = 0.5) -> None:
         super().__init__()
         assert len(obs_shape) == 3, f"obs_shape must be (C, H, W), got {obs_shape}"
+        self.pixel_offset = pixel_offset
         self.convnet = nn.Sequential(
             nn.Conv2d(obs_shape[0], 32, 3, stride=2),
             nn.ReLU(),
@@ -66,7 +70,7 @@ class Encoder(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """uint8 (or float 0..255) [B, C, H, W] -> features [B, repr_dim] in C, H, W order."""
-        obs = obs.float() / 255.0 - 0.5
+        obs = obs.float() / 255.0 - self.pixel_offset
         h = self.convnet(obs)
         return h.flatten(1)  # copies a channels_last output into drqv2's C-major order
 
@@ -194,10 +198,18 @@ class TruncatedNormal:
 
 
 class Normalize(nn.Module):
-    """uint8 (or float 0..255) -> float obs / 255 - 0.5 (drqv2's scaling), as a module."""
+    """uint8 (or float 0..255) -> float obs / 255 - ``pixel_offset``, as a module (drqv2's
+    scaling with the default 0.5: pixels in [-0.5, 0.5]; DrQ's with 0: pixels in [0, 1])."""
+
+    def __init__(self, pixel_offset: float = 0.5) -> None:
+        super().__init__()
+        self.pixel_offset = pixel_offset
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return obs.float() / 255.0 - 0.5
+        return obs.float() / 255.0 - self.pixel_offset
+
+    def extra_repr(self) -> str:
+        return f"pixel_offset={self.pixel_offset}"
 
 
 class NanoEncoder(nn.Module):
@@ -205,15 +217,17 @@ class NanoEncoder(nn.Module):
     Linear to ``latent_dim`` (256), LayerNorm (fp32).
 
     The flattened conv size is inferred by a dummy forward (64 * 7 * 7 at 64x64, 64 * 9 * 9 at
-    84x84). Normalisation is the first module of ``convnet``, so a checkpointed conv stack saves
-    only the uint8 input for backward.
+    84x84). Normalisation (obs / 255 - ``pixel_offset``) is the first module of ``convnet``, so a
+    checkpointed conv stack saves only the uint8 input for backward.
     """
 
-    def __init__(self, obs_shape: tuple[int, int, int], latent_dim: int = 256) -> None:
+    def __init__(
+        self, obs_shape: tuple[int, int, int], latent_dim: int = 256, pixel_offset: float = 0.5
+    ) -> None:
         super().__init__()
         assert len(obs_shape) == 3, f"obs_shape must be (C, H, W), got {obs_shape}"
         self.convnet = nn.Sequential(
-            Normalize(),
+            Normalize(pixel_offset),
             nn.Conv2d(obs_shape[0], 32, 3, stride=2),
             nn.ReLU(),
             nn.Conv2d(32, 64, 3, stride=2),
@@ -252,13 +266,16 @@ ENCODERS = {"drqv2": Encoder, "nano": NanoEncoder}
 
 
 def make_encoder(
-    obs_shape: tuple[int, int, int], name: str = "drqv2", grad_checkpointing: bool = False
+    obs_shape: tuple[int, int, int],
+    name: str = "drqv2",
+    grad_checkpointing: bool = False,
+    pixel_offset: float = 0.5,
 ) -> nn.Module:
-    """The encoder named ``name`` (``drqv2`` or ``nano``) with ``.repr_dim``; the conv stack
-    checkpointed if ``grad_checkpointing``."""
+    """The encoder named ``name`` (``drqv2`` or ``nano``) with ``.repr_dim``, scaling pixels to
+    obs / 255 - ``pixel_offset``; the conv stack checkpointed if ``grad_checkpointing``."""
     if name not in ENCODERS:
         raise ValueError(f"agent.encoder={name!r} is not allowed; choose one of: drqv2, nano")
-    encoder = ENCODERS[name](tuple(obs_shape))
+    encoder = ENCODERS[name](tuple(obs_shape), pixel_offset=pixel_offset)
     return enable_grad_checkpointing(encoder) if grad_checkpointing else encoder
 
 

@@ -2,6 +2,7 @@
 
 DrQ-v2's actor gives a mean action and the agent adds scheduled Gaussian noise
 (:func:`policy_action`); DrQ's SAC actor gives a squashed Gaussian (:func:`sac_action`).
+The two algorithms also scale pixels differently (:data:`PIXEL_OFFSET`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,10 @@ import torch
 
 from distdrq.agent.networks import Actor, SACActor, TruncatedNormal, make_encoder
 from distdrq.config import AgentConfig
+
+PIXEL_OFFSET = {"drqv2": 0.5, "drq": 0.0}
+"""What the encoder subtracts from obs / 255, per algorithm: drqv2 scales pixels to
+[-0.5, 0.5], DrQ's published encoder to [0, 1] (``obs / 255.``)."""
 
 
 def policy_action(mu: torch.Tensor, stddev: float, eval_mode: bool, uniform: bool) -> torch.Tensor:
@@ -37,12 +42,20 @@ def sac_action(
     return torch.tanh(mu + log_std.exp() * torch.randn_like(mu))
 
 
+def make_agent_encoder(
+    obs_shape: tuple[int, int, int], cfg: AgentConfig, grad_checkpointing: bool = False
+) -> torch.nn.Module:
+    """The encoder ``cfg.encoder`` with ``cfg.algo``'s pixel scaling (:data:`PIXEL_OFFSET`)."""
+    if cfg.algo not in PIXEL_OFFSET:
+        raise ValueError(f"agent.algo={cfg.algo!r} is not allowed; choose one of: drqv2, drq")
+    return make_encoder(obs_shape, cfg.encoder, grad_checkpointing, PIXEL_OFFSET[cfg.algo])
+
+
 def make_actor(repr_dim: int, action_dim: int, cfg: AgentConfig) -> Actor | SACActor:
     """The actor network of ``cfg.algo``: :class:`Actor` (drqv2) or :class:`SACActor` (drq)."""
     if cfg.algo == "drq":
-        return SACActor(
-            repr_dim, action_dim, cfg.feature_dim, cfg.hidden_dim, cfg.log_std_min, cfg.log_std_max
-        )
+        bounds = (cfg.drq.log_std_min, cfg.drq.log_std_max)
+        return SACActor(repr_dim, action_dim, cfg.feature_dim, cfg.hidden_dim, *bounds)
     return Actor(repr_dim, action_dim, cfg.feature_dim, cfg.hidden_dim)
 
 
@@ -52,7 +65,7 @@ class Policy:
 
     def __init__(self, obs_shape: tuple[int, int, int], action_dim: int, cfg: AgentConfig) -> None:
         self.cfg = cfg
-        self.encoder = make_encoder(obs_shape, cfg.encoder)
+        self.encoder = make_agent_encoder(obs_shape, cfg)
         self.actor = make_actor(self.encoder.repr_dim, action_dim, cfg)
         self.encoder.requires_grad_(False)
         self.actor.requires_grad_(False)

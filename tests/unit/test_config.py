@@ -123,3 +123,19 @@ def test_linear_schedule():
 
 def test_presets_directory_is_found():
     assert (configs_dir() / "tasks" / "walker_walk.yaml").is_file()
+
+
+def test_saved_configs_of_older_versions_still_resume(tmp_path):
+    """A run dir written before DrQ's keys moved to agent.drq resumes with their values."""
+    import yaml
+
+    from distdrq.config import to_dict
+    from distdrq.trainer import load_run_config
+
+    old = to_dict(load_config(task="cheetah_run"))
+    drq = old["agent"].pop("drq")
+    old["agent"].update(drq | {"init_temperature": 0.3})
+    del old["agent"]["target_augs"], old["agent"]["critic_augs"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    cfg = load_run_config(tmp_path)
+    assert cfg.agent.drq.init_temperature == 0.3 and cfg.agent.drq.target_augs == 2
