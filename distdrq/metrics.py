@@ -43,6 +43,23 @@ class RunMetrics:
         self.ratio = gauge(
             "distdrq_replay_compression_ratio", "DrQ-v2 layout bytes / stored bytes", ("shard",)
         )
+        self.rejected = counter(
+            "distdrq_replay_rejected_chunks", "chunks replay refused", ("shard", "reason")
+        )
+        self.damaged = counter(
+            "distdrq_replay_snapshots_damaged", "damaged snapshots set aside", ("shard",)
+        )
+        self.lost = counter(
+            "distdrq_replay_transitions_lost",
+            "transitions lost to damaged snapshots on restore",
+            ("shard",),
+        )
+        self.nonfinite = counter(
+            "distdrq_learner_nonfinite_batches", "sampled batches with non-finite values, skipped"
+        )
+        self.checkpoints_damaged = counter(
+            "distdrq_checkpoints_damaged", "damaged checkpoints set aside on resume or restart"
+        )
         self.latency = Histogram(
             "distdrq_replay_sample_latency_seconds",
             "time the learner waited for a sampled batch",
@@ -61,7 +78,10 @@ class RunMetrics:
         self.restarts = counter("distdrq_actor_restarts", "actor restarts", ("role",))
         self.gpu_memory = gauge("distdrq_learner_gpu_memory_bytes", "peak learner GPU memory")
         self.version = gauge("distdrq_weight_version", "newest published weight version")
+        for zero_until_it_happens in (self.nonfinite, self.checkpoints_damaged):
+            zero_until_it_happens.labels(run)  # served as 0, so alerts can watch it
         self._seen: dict[tuple[str, ...], float] = {}
+        self._incarnations: dict[tuple[str, ...], tuple[Any, float]] = {}
 
     def _advance(self, counter: Counter, value: float, *labels: str) -> None:
         """Move a counter up to ``value`` (counters only ever increase)."""
@@ -70,6 +90,20 @@ class RunMetrics:
         if delta > 0:
             counter.labels(self.run, *labels).inc(delta)
             self._seen[key] = value
+
+    def _accumulate(self, counter: Counter, value: float, incarnation: Any, *labels: str) -> None:
+        """Add a per-process count that restarts with its process (a restarted shard's
+        rejections): the first reading of a new ``incarnation`` counts whole."""
+        key = (str(id(counter)), *labels)
+        seen_incarnation, last = self._incarnations.get(key, (None, 0.0))
+        delta = value if incarnation != seen_incarnation else value - last
+        if delta > 0:
+            counter.labels(self.run, *labels).inc(delta)
+        self._incarnations[key] = (incarnation, value)
+
+    def count_damaged_checkpoint(self) -> None:
+        """A checkpoint was set aside as damaged."""
+        self.checkpoints_damaged.labels(self.run).inc()
 
     def update(
         self,
@@ -100,6 +134,7 @@ class RunMetrics:
         ):
             if value is not None and math.isfinite(value):
                 gauge.labels(run).set(value)
+        self._advance(self.nonfinite, learner.get("nonfinite_batches", 0.0))
         for role, info in snapshot["roles"].items():
             self._advance(self.restarts, info["restarts"], role)
         for stats in shards:
@@ -108,6 +143,13 @@ class RunMetrics:
             self.stored_bytes.labels(run, shard).set(stats["stored_bytes"])
             if stats.get("ratio_vs_drqv2"):
                 self.ratio.labels(run, shard).set(stats["ratio_vs_drqv2"])
+            life = stats.get("pid")  # counts below restart with the shard's process
+            for key, value in stats.items():  # ReplayShard.stats: rejected_chunks_<reason>
+                if key.startswith("rejected_chunks_"):
+                    reason = key[len("rejected_chunks_") :]
+                    self._accumulate(self.rejected, value, life, shard, reason)
+            self._accumulate(self.damaged, stats.get("snapshots_damaged", 0), life, shard)
+            self._accumulate(self.lost, stats.get("transitions_lost", 0), life, shard)
         if limiter is not None:
             self._advance(self.blocked, limiter["insert_blocked_seconds"], "insert")
             self._advance(self.blocked, limiter["sample_blocked_seconds"], "sample")

@@ -29,10 +29,18 @@ from distdrq.checkpoint import (
     load_part,
     save_checkpoint,
 )
-from distdrq.config import Config, ConfigError, from_dict, set_key, to_dict, validate
+from distdrq.config import (
+    Config,
+    ConfigError,
+    from_dict,
+    migrate_saved,
+    set_key,
+    to_dict,
+    validate,
+)
 from distdrq.envs import make_env
-from distdrq.progress import CsvLog, ProgressDisplay
-from distdrq.replay import EpisodeWriter, ReplayShard
+from distdrq.progress import CsvLog, ProgressDisplay, rollback_records
+from distdrq.replay import ChunkRejected, EpisodeWriter, ReplayShard
 from distdrq.replay.shard import disk_state
 from distdrq.video import video_due, write_gif
 
@@ -78,7 +86,7 @@ def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) 
     path = run_dir / CONFIG_FILE
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not a distdrq run directory (no {CONFIG_FILE})")
-    cfg = from_dict(yaml.safe_load(path.read_text()))
+    cfg = from_dict(migrate_saved(yaml.safe_load(path.read_text())))
     from distdrq.config import parse_override
 
     for text in overrides:
@@ -141,6 +149,7 @@ class Trainer:
         self.sample_rng = np.random.default_rng(seed + 1)
         self.writer = EpisodeWriter(writer_id=0, chunk_length=1, codec=cfg.replay.codec)
         self.resumed_from: Path | None = None
+        self.rejected_chunks = 0
         self._messages: list[str] = []
         if resume:
             self._restore()
@@ -183,6 +192,8 @@ class Trainer:
         torch.set_rng_state(torch.as_tensor(state["torch_rng"]))
         self.writer.episodes_started = int(state["writer"]["episodes_started"])
         self.resumed_from = path
+        c = self.counters
+        self._messages.extend(rollback_records(self.run_dir, c.frame, c.last_eval_frame))
 
     # -- loop -------------------------------------------------------------------------------
 
@@ -253,7 +264,7 @@ class Trainer:
                     episode_return += ts.reward
                     chunk = self.writer.append(action, ts.reward, ts.discount, ts.frame, ts.last)
                     if chunk is not None:
-                        self.replay.insert(chunk)
+                        self._insert(chunk, progress)
                     c.step += 1
                     c.frame += cfg.env.action_repeat
                     c.wall_time = base_wall + time.monotonic() - start
@@ -291,6 +302,16 @@ class Trainer:
             )
         (self.run_dir / "summary.json").write_text(json.dumps(dataclasses.asdict(c), indent=2))
         return c
+
+    def _insert(self, chunk: Any, progress: ProgressDisplay) -> None:
+        """Store a transition; replay refuses non-finite values (a broken env or reward): the
+        rest of that episode is then dropped, said in one line, and training goes on."""
+        try:
+            self.replay.insert(chunk)
+        except ChunkRejected as exc:
+            self.writer.abandon_episode()
+            self.rejected_chunks += 1
+            progress.message(f"replay refused a transition ({exc}); dropping the episode's rest")
 
     def _log_train(self, metrics: dict[str, float]) -> None:
         c = self.counters

@@ -32,6 +32,8 @@ class RunCounters:
     """mean return of the last evaluation"""
     last_eval_frame: int = -1
     """global frame of the last evaluation"""
+    evaluations: int = 0
+    """evaluations reported so far (videos are due every ``train.video_every_evals``)"""
     wall_time: float = 0.0
     """seconds of training, summed over resumed sessions"""
 
@@ -127,8 +129,11 @@ class Coordinator:
 
     def report_eval(self, frame: int, mean_return: float, extra: dict[str, float]) -> None:
         """An evaluation's mean return at global ``frame``."""
+        if frame <= self.counters.last_eval_frame:
+            return  # an evaluation repeated by a restarted evaluator: keep the first
         self.counters.last_eval_return = float(mean_return)
         self.counters.last_eval_frame = int(frame)
+        self.counters.evaluations += 1
         self._roles.setdefault("evaluator", _Role()).extra = {"frame": frame, **extra}
 
     def take_events(self) -> dict[str, list[Any]]:

@@ -128,8 +128,16 @@ class EnvActor:
             try:
                 if ray.get(self.client.insert(chunk, timeout=2.0)):
                     return "sent"
-            except ray.exceptions.RayTaskError:
+            except ray.exceptions.RayTaskError as exc:
+                # the shard refused it (damaged, non-finite, or its episode's start was lost in
+                # a shard restart): nothing was stored; say so and go on with a new episode
                 self.lost_chunks += 1
+                reason = str(exc.cause if exc.cause is not None else exc).strip().splitlines()
+                print(
+                    f"{self.role}: chunk of episode {chunk.episode_key:#x} refused by replay "
+                    f"({reason[0][:200] if reason else 'no reason'}); starting a new episode",
+                    flush=True,
+                )
                 return "lost"
             except ray.exceptions.RayActorError:
                 time.sleep(0.5)  # the shard or limiter is restarting: same chunk again
@@ -194,6 +202,10 @@ class EnvActor:
         """Liveness check."""
         return self.index
 
+    def pid(self) -> int:
+        """This actor's process id."""
+        return os.getpid()
+
     def node_id(self) -> str:
         """The Ray node this actor runs on."""
         return ray.get_runtime_context().get_node_id()
@@ -216,7 +228,22 @@ class Evaluator:
         self.starts = ray.get(coordinator.register.remote("evaluator"))
         self.env = make_env(cfg.env, cfg.train.seed + 10_000)
         self.follower = _PolicyFollower(cfg, self.env.obs_shape, self.env.action_dim, coordinator)
+        # Ray restarts this actor with its first arguments: continue the run's evaluation grid
+        counters = ray.get(coordinator.snapshot.remote())["counters"]
+        if counters["last_eval_frame"] >= 0:
+            next_eval_frame = max(
+                next_eval_frame, counters["last_eval_frame"] + cfg.train.eval_every_frames
+            )
+            self.evaluations = int(counters.get("evaluations", 0))
         self.next_eval_frame = next_eval_frame
+
+    def ping(self) -> int:
+        """Liveness check."""
+        return self.starts
+
+    def pid(self) -> int:
+        """This actor's process id."""
+        return os.getpid()
 
     def node_id(self) -> str:
         """The Ray node this actor runs on."""

@@ -28,7 +28,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from distdrq.checkpoint import list_checkpoints, load_latest, save_checkpoint
+from distdrq.checkpoint import CheckpointError, list_checkpoints, load_latest, save_checkpoint
 from distdrq.config import Config
 from distdrq.distributed import enable_token_auth_if_available
 from distdrq.distributed.coordinator import Coordinator
@@ -37,8 +37,9 @@ from distdrq.distributed.learner import Learner
 from distdrq.distributed.replay_actor import start_rate_limiter, start_replay_shards
 from distdrq.envs import make_env
 from distdrq.metrics import RunMetrics
-from distdrq.progress import CsvLog, ProgressDisplay
+from distdrq.progress import CsvLog, ProgressDisplay, rollback_records
 from distdrq.trainer import save_run_config
+from distdrq.types import SkippedFile
 
 NAMESPACE = "distdrq"
 """Ray namespace of every distdrq actor (``distdrq status`` looks there)."""
@@ -46,6 +47,8 @@ NAMESPACE = "distdrq"
 
 CHECKPOINT_RETRY_S = 30.0
 """A periodic checkpoint that an unavailable actor postponed is tried again this much later."""
+LEARNER_NAME_RELEASE_S = 60.0
+"""How long a recreated learner waits for Ray to release its dead predecessor's name."""
 FINAL_CHECKPOINT_PATIENCE_S = 900.0
 """How long the final checkpoint waits for actors that Ray is restarting (a restarted shard
 restores its snapshot first: minutes for a large one)."""
@@ -252,7 +255,9 @@ class Driver:
         progress: ProgressDisplay,
         session: int,
         metrics: RunMetrics | None = None,
+        last_eval_frame: int = -1,
     ) -> None:
+        """``last_eval_frame``: the newest evaluation already in ``eval.csv`` (on resume)."""
         self.cfg = cfg
         self.metrics = metrics
         self.session = session
@@ -264,7 +269,13 @@ class Driver:
         self.topo: Topology | None = None
         self.train_log = CsvLog(run_dir / "train.csv")
         self.eval_log = CsvLog(run_dir / "eval.csv")
-        self._last_eval_logged = -1
+        self._last_eval_logged = last_eval_frame
+        self._reviving: dict[str, tuple[Any, Any]] = {}  # role -> (actor, ping ObjectRef)
+        self._reasons: dict[str, str] = {}  # role -> why its last incarnation ended
+        self._starts_seen: dict[str, int] = {}
+        self._shard_polls: dict[int, Any] = {}
+        self._shard_sizes: dict[str, int] = {}  # replay-i -> transitions at the last poll
+        self._learner_source = ""
         self._checkpoint_retry_at = 0.0
         self._down_since: float | None = None  # first postponed checkpoint of a down actor
 
@@ -282,23 +293,102 @@ class Driver:
         self.loops[actor.run.remote()] = (role, actor)
 
     def _restart(self, ref: Any) -> None:
+        """A loop ended: done if it returned, else bring its role back.
+
+        Env actors, the evaluator and shards are restarted by Ray (a new process, the same
+        handle): their loop is started again once the new incarnation answers a ping, so one
+        death is one restart. The learner (never restarted by Ray: its state must come from a
+        checkpoint) is recreated here. The restart itself is shown by :meth:`_show_restarts`.
+        """
         role, actor = self.loops.pop(ref)
         try:
             ray.get(ref)
             return  # a loop that returned normally is done (stop requested)
         except ray.exceptions.RayError as exc:
-            reason = str(exc).strip().splitlines()[0][:160]
+            reason = _first_line(exc)
         self.restarts[role] = self.restarts.get(role, 0) + 1
-        self.progress.message(f"{role} failed ({reason}); restarting")
+        self._reasons[role] = reason
         if role == "learner":
-            assert self.topo is not None
-            state = None
-            with contextlib.suppress(Exception):
-                _, saved, _ = load_latest(self.run_dir, warn=self.progress.message)
-                state = saved["learner"]
-            self.topo.learner = start_learner(self.topo, self.cfg, self.name, state)
-            actor = self.topo.learner
-        self._loop(role, actor)
+            self._recreate_learner()
+            return
+        self._reviving[role] = (actor, actor.ping.remote())
+
+    def _revive_loops(self) -> None:
+        """Start the loop of every restarted actor that answers its ping."""
+        for role, (actor, ping) in list(self._reviving.items()):
+            ready, _ = ray.wait([ping], timeout=0)
+            if not ready:
+                continue
+            try:
+                ray.get(ping)
+            except ray.exceptions.RayError:  # still restarting: ask again
+                self._reviving[role] = (actor, actor.ping.remote())
+                continue
+            del self._reviving[role]
+            self._loop(role, actor)
+
+    def _recreate_learner(self) -> None:
+        """A new learner from the newest intact checkpoint (from scratch before the first)."""
+        topo = self.topo
+        assert topo is not None
+        with contextlib.suppress(Exception):  # make sure the old one is gone for good
+            ray.kill(topo.learner, no_restart=True)
+        state, source = None, "from scratch (no checkpoint yet)"
+        damaged: list[SkippedFile] = []
+        try:
+            path, saved, _ = load_latest(self.run_dir, warn=self.progress.message, skipped=damaged)
+            state, source = saved["learner"], f"from {path.name}"
+        except CheckpointError as exc:
+            if damaged:  # there were checkpoints, none usable
+                source = f"from scratch ({_first_line(exc)})"
+        finally:
+            for _ in damaged if self.metrics is not None else ():
+                self.metrics.count_damaged_checkpoint()
+        self._learner_source = source
+        deadline = time.monotonic() + LEARNER_NAME_RELEASE_S
+        while True:
+            try:
+                topo.learner = start_learner(topo, self.cfg, self.name, state)
+                break
+            except ValueError as exc:  # the dead learner's name is released a moment later
+                if "already taken" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        self._loop("learner", topo.learner)
+
+    def _show_restarts(self, snap: dict[str, Any]) -> None:
+        """One line per restart of any role, from the coordinator's registration counts (every
+        actor registers in its constructor, so a restart by Ray or by the driver is seen)."""
+        for role, info in sorted(snap["roles"].items()):
+            starts = int(info["starts"])
+            seen = self._starts_seen.setdefault(role, starts)
+            if starts <= seen:
+                continue
+            self._starts_seen[role] = starts
+            reason = self._reasons.pop(role, "its process died")
+            extra = ""
+            if role == "learner":
+                extra = f"; recreated {self._learner_source}"
+            elif role.startswith("replay-"):
+                before = self._shard_sizes.get(role)
+                extra = f"; it held {before:,} transitions before" if before is not None else ""
+            self.progress.message(f"{role} restarted ({reason}){extra}; restarts: {starts - 1}")
+
+    def _show_shard_messages(self) -> None:
+        """Shard messages (restored or damaged snapshots, refused chunks), each once."""
+        assert self.topo is not None
+        for i, shard in enumerate(self.topo.shards):
+            ref = self._shard_polls.get(i)
+            if ref is None:
+                self._shard_polls[i] = shard.take_messages.remote()
+                continue
+            ready, _ = ray.wait([ref], timeout=0)
+            if not ready:
+                continue
+            del self._shard_polls[i]
+            with contextlib.suppress(ray.exceptions.RayError):
+                for text in ray.get(ref):
+                    self.progress.message(f"replay-{i}: {text}")
 
     def supervise(self, total_frames: int, checkpoint_every: int, next_checkpoint: int) -> str:
         """Watch loops and progress until the frame budget is reached; returns why it ended."""
@@ -308,7 +398,10 @@ class Driver:
             done, _ = ray.wait(list(self.loops), num_returns=1, timeout=1.0)
             for ref in done:
                 self._restart(ref)
+            self._revive_loops()
+            self._show_shard_messages()
             snap = ray.get(topo.coordinator.snapshot.remote())
+            self._show_restarts(snap)
             self._show(snap)
             frames = snap["counters"]["frames"]
             if frames >= total_frames:
@@ -338,11 +431,12 @@ class Driver:
                 {"frame": frame, "episode_return": value, "updates": c["updates"]}
                 | {k: learner.get(k) for k in ("critic_loss", "actor_loss", "policy_lag_mean")}
             )
+        shard_stats = self._shard_stats()
         if self.metrics is not None:
             self.metrics.update(
                 snap,
                 self.progress.fields,
-                self._shard_stats(),
+                shard_stats,
                 self._limiter_stats(),
                 events["latencies"],
             )
@@ -368,6 +462,7 @@ class Driver:
         for shard in self.topo.shards:
             with contextlib.suppress(ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
                 stats.append(ray.get(shard.stats.remote(), timeout=5))
+                self._shard_sizes[f"replay-{stats[-1]['shard']}"] = int(stats[-1]["transitions"])
         return stats
 
     def _limiter_stats(self) -> dict[str, float] | None:
@@ -472,6 +567,22 @@ class Driver:
             refs = {i: topo.shards[i].snapshot.remote() for i in refs if i not in paths}
 
 
+def kill_descendants() -> None:
+    """SIGKILL every process this one started, children of children included (a local Ray
+    instance's GCS, raylet, workers, dashboard and agents); used only on a second Ctrl-C."""
+    import psutil  # a Ray dependency
+
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error (Ray's worker-death texts run over many lines)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:160] if lines else type(exc).__name__
+
+
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
@@ -494,13 +605,17 @@ def launch(
     learner_state = None
     limiter_state = None
     session = 0
+    damaged: list[SkippedFile] = []
     if resume:
-        path, state, _ = load_latest(run_dir, warn=progress.message)
+        path, state, _ = load_latest(run_dir, warn=progress.message, skipped=damaged)
         counters = state["counters"]
         learner_state = state["learner"]
         limiter_state = state.get("rate_limiter")
         session = int(state.get("session", 0)) + 1
         progress.message(f"resuming from {path} at frame {counters['frames']:,}")
+        for text in rollback_records(run_dir, counters["frames"], counters["last_eval_frame"]):
+            progress.message(text)
+    address_given = bool(address or os.environ.get("RAY_ADDRESS"))
     resources = connect(cfg, address, notice=progress.message)
     if not resume:  # only now: a run that could not start leaves no run directory behind
         save_run_config(run_dir, cfg)
@@ -515,16 +630,21 @@ def launch(
     metrics = None
     if metrics_port:
         metrics = RunMetrics(name)
+        for _ in damaged:
+            metrics.count_damaged_checkpoint()
         port = metrics.serve(metrics_host, metrics_port)
         moved = "" if port == metrics_port else f" (port {metrics_port} was taken)"
         progress.message(f"Prometheus metrics: http://{metrics_host}:{port}/metrics{moved}")
-    driver = Driver(cfg, run_dir, name, progress, session, metrics)
+    last_eval = counters["last_eval_frame"] if counters else -1
+    driver = Driver(cfg, run_dir, name, progress, session, metrics, last_eval)
     interrupted = {"count": 0}
 
     def on_signal(signum: int, frame: Any) -> None:
         interrupted["count"] += 1
-        if interrupted["count"] >= 2:
-            os._exit(130)  # second Ctrl-C: leave at once
+        if interrupted["count"] >= 2:  # second Ctrl-C: leave at once, and leave nothing behind
+            if not address_given:
+                kill_descendants()  # the local Ray instance: raylet, GCS, dashboard, agents
+            os._exit(130)
         raise KeyboardInterrupt
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}

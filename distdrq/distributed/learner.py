@@ -9,6 +9,7 @@ Its state leaves through :meth:`Learner.state` so the driver can checkpoint it o
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -51,11 +52,26 @@ class Learner:
             self.agent.load_state_dict(state["agent"])
             self.updates = int(state["updates"])
             self.version = int(state["version"])
+        self._continue_after(ray.get(coordinator.snapshot.remote())["counters"])
         self._lock = threading.Lock()
         self._lag: deque[float] = deque(maxlen=200)
         self._sample_wait = 0.0
         self._latencies: list[float] = []
+        self.nonfinite_batches = 0
         self._publish()
+
+    def _continue_after(self, counters: dict[str, Any]) -> None:
+        """Never reuse a weight version or go back in updates.
+
+        A recreated learner starts from the last checkpoint (or from scratch), older than what
+        its dead predecessor published: its first version is one past the coordinator's newest,
+        so env actors switch to its weights at once and policy lag stays measured against
+        versions that only grow. Its update count continues the run's.
+        """
+        published = int(counters["weight_version"])
+        if self.starts > 1 or published > self.version:
+            self.version = max(self.version, published + 1)
+        self.updates = max(self.updates, int(counters["updates"]))
 
     def _publish(self) -> None:
         ref = ray.put(self.agent.policy_state_dict())
@@ -87,6 +103,11 @@ class Learner:
             self._sample_wait += waited
             if batch is not None:
                 self._latencies.append(waited)
+            if batch is not None and not _finite(batch):
+                # replay validates every insert; this is the last line of defence, so that one
+                # bad batch can never turn the weights into NaN
+                self.nonfinite_batches += 1
+                batch = None
             if batch is not None:
                 with self._lock:
                     metrics = self.agent.update(batch, frames // cfg.env.action_repeat)
@@ -116,6 +137,7 @@ class Learner:
             out["policy_lag_mean"] = float(lag.mean())
             out["policy_lag_max"] = float(lag.max())
         out["sample_wait_seconds"] = self._sample_wait
+        out["nonfinite_batches"] = float(self.nonfinite_batches)
         out["updates"] = float(self.updates)
         if self.agent.device.type == "cuda":
             out["gpu_memory_bytes"] = float(torch.cuda.max_memory_allocated(self.agent.device))
@@ -133,3 +155,16 @@ class Learner:
     def ping(self) -> int:
         """Liveness check."""
         return self.updates
+
+    def pid(self) -> int:
+        """The learner's process id (tests kill it the way the world does)."""
+        return os.getpid()
+
+
+def _finite(batch: Any) -> bool:
+    """Whether a batch's actions, rewards and discounts are all finite (frames are uint8)."""
+    return bool(
+        np.isfinite(batch.action).all()
+        and np.isfinite(batch.reward).all()
+        and np.isfinite(batch.discount).all()
+    )

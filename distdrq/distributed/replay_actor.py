@@ -15,6 +15,7 @@ are concatenated once into the caller's buffer.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import numpy as np
 import ray
 
 from distdrq.config import ReplayConfig
-from distdrq.replay import ReplayShard
+from distdrq.replay import ChunkRejected, ReplayShard
 from distdrq.replay.ratelimit import RateLimiter, RateLimiterClosed
 from distdrq.replay.shard import disk_state
 from distdrq.replay.snapshot import SnapshotError, SnapshotStore, read_snapshot
@@ -90,18 +91,50 @@ class ReplayServer:
         self._lock = threading.Lock()
         self._snapshot_every = snapshot_every_inserts
         self._inserted_since_snapshot = 0
+        self._unsaved = 0  # inserted transitions no snapshot file holds yet (lost if killed)
         self._snapshot_lock = threading.Lock()
         self.messages: list[str] = []
+        self._messages_taken = 0
         self.restored_from: str | None = None
         self.snapshots = (
             SnapshotStore(Path(snapshot_dir) / f"shard_{index:03d}") if snapshot_dir else None
         )
+        self.restored_transitions = 0
+        self.snapshots_damaged = 0
+        self.transitions_lost = 0  # held by damaged snapshots beyond what an older one restored
         if self.snapshots is not None:
             found = self.snapshots.load_latest(warn=self.messages.append, restore=self._restore)
             if found is not None:
                 self.restored_from = str(found[0])
+                self.restored_transitions = len(self.shard)
             else:  # every snapshot was broken: drop what a failed restore left behind
                 self.shard.clear()
+            self._report_restore(found)
+
+    def _report_restore(self, found: tuple[Path, Any] | None) -> None:
+        """One message saying what came back, and what damaged snapshots cost."""
+        assert self.snapshots is not None
+        skipped = self.snapshots.skipped
+        self.snapshots_damaged = len(skipped)
+        restored = (
+            f"{self.restored_transitions:,} transitions from {found[0].name}" if found else ""
+        )
+        if skipped:
+            held = skipped[0].transitions
+            if held is not None:
+                self.transitions_lost = max(held - self.restored_transitions, 0)
+            lost = (
+                f"{self.transitions_lost:,} transitions lost"
+                if held is not None
+                else "the number of transitions lost is unknown"
+            )
+            self.messages.append(
+                f"{len(skipped)} damaged snapshot(s) set aside; "
+                + (f"restored {restored}" if found else "no intact snapshot: started empty")
+                + f"; {lost}"
+            )
+        elif found:
+            self.messages.append(f"restored {restored}")
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.shard.load_state_dict(state["shard"])
@@ -117,8 +150,13 @@ class ReplayServer:
                 return False
         except RateLimiterClosed:
             return False
-        with self._lock:
-            self.shard.insert(chunk)
+        try:
+            with self._lock:
+                self.shard.insert(chunk)
+                self._unsaved += chunk.num_transitions
+        except ChunkRejected as exc:  # nothing was stored; the sender hears why
+            self.messages.append(f"refused a chunk: {exc}")
+            raise
         self._inserted_since_snapshot += chunk.num_transitions
         if self._snapshot_every and self._inserted_since_snapshot >= self._snapshot_every:
             self.snapshot()
@@ -159,6 +197,7 @@ class ReplayServer:
                 limiter = self.limiter.state_dict()
                 sequence = self.limiter.stats().inserts
                 self._inserted_since_snapshot = 0
+                saving = self._unsaved
             # coding the frames for disk takes a while: outside the lock, sampling goes on;
             # episodes already in the newest snapshot reuse their coded frames from it
             previous = None
@@ -167,7 +206,10 @@ class ReplayServer:
                     with contextlib.suppress(SnapshotError):
                         previous = read_snapshot(path).get("shard")
             state = {"shard": disk_state(shard, self.disk_codec, previous), "limiter": limiter}
-            return str(self.snapshots.save(state, sequence))
+            path = self.snapshots.save(state, sequence)
+            with self._lock:
+                self._unsaved -= saving  # only now are they safe
+            return str(path)
 
     @ray.method(concurrency_group="admin")
     def stats(self) -> dict[str, Any]:
@@ -184,6 +226,11 @@ class ReplayServer:
             insert_blocked_seconds=limiter.insert_blocked_seconds,
             sample_blocked_seconds=limiter.sample_blocked_seconds,
             restored_from=self.restored_from,
+            restored_transitions=self.restored_transitions,
+            pid=os.getpid(),
+            inserted_since_snapshot=self._unsaved,
+            snapshots_damaged=self.snapshots_damaged,
+            transitions_lost=self.transitions_lost,
             messages=list(self.messages),
         )
         return stats
@@ -197,6 +244,18 @@ class ReplayServer:
     def ping(self) -> int:
         """Liveness check; returns the shard index."""
         return self.index
+
+    @ray.method(concurrency_group="admin")
+    def pid(self) -> int:
+        """This shard's process id."""
+        return os.getpid()
+
+    @ray.method(concurrency_group="admin")
+    def take_messages(self) -> list[str]:
+        """Messages (restores, damaged snapshots, refused chunks) since the last call."""
+        out = self.messages[self._messages_taken :]
+        self._messages_taken += len(out)
+        return out
 
 
 def start_replay_shards(

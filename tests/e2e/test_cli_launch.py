@@ -69,6 +69,11 @@ def test_launch_checkpoint_resume(tmp_path):
     # the replay came back: the limiter counts inserts of both sessions
     assert s2["rate_limiter"]["inserts"] > s1["rate_limiter"]["inserts"]
     assert s2["session"] == 1
+    # the records continue as if the run had never stopped: no evaluation twice, frames ascending
+    evals = [int(r.split(",")[0]) for r in (run_dir / "eval.csv").read_text().splitlines()[1:]]
+    assert evals == sorted(set(evals)) and evals[-1] >= 4500, evals
+    trains = [int(r.split(",")[0]) for r in (run_dir / "train.csv").read_text().splitlines()[1:]]
+    assert trains == sorted(trains), trains
 
 
 def _descendants(pid: int) -> set[int]:
@@ -99,9 +104,8 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.slow
-def test_ctrl_c_checkpoints_and_leaves_no_processes(tmp_path):
-    run_dir = tmp_path / "run"
+def _start_until(run_dir: Path, done) -> tuple[subprocess.Popen, list[str], set[int]]:
+    """A long launch, read until ``done(line)``; its lines and every process seen below it."""
     proc = subprocess.Popen(
         launch_cmd(
             "--task", "cartpole_swingup", "--frames", "1000000", "--run-dir", str(run_dir), *SMALL
@@ -110,15 +114,32 @@ def test_ctrl_c_checkpoints_and_leaves_no_processes(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
     )
-    seen = []
+    seen: list[str] = []
     deadline = time.monotonic() + 300
     tree: set[int] = set()
     for line in proc.stdout:  # type: ignore[union-attr]
         seen.append(line)
         tree |= _descendants(proc.pid)
-        if "frames " in line and "frames 0/" not in line and "learner on" not in line:
+        if done(line):
             break
         assert time.monotonic() < deadline, "".join(seen)
+    return proc, seen, tree
+
+
+def _gone(tree: set[int], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while any(_alive(p) for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [p for p in tree if _alive(p)], "processes left behind"
+
+
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_and_leaves_no_processes(tmp_path):
+    run_dir = tmp_path / "run"
+    proc, seen, tree = _start_until(
+        run_dir,
+        lambda line: "frames " in line and "frames 0/" not in line and "learner on" not in line,
+    )
     tree |= _descendants(proc.pid)
     assert tree, "no Ray child processes seen"
     proc.send_signal(signal.SIGINT)
@@ -126,10 +147,21 @@ def test_ctrl_c_checkpoints_and_leaves_no_processes(tmp_path):
     assert proc.returncode == 0, "".join(seen) + out
     assert "interrupted" in out and "checkpoint" in out
     assert _latest(run_dir)["counters"]["frames"] > 0
-    deadline = time.monotonic() + 30
-    while any(_alive(p) for p in tree) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not [p for p in tree if _alive(p)], "processes left behind"
+    _gone(tree, 30)
+
+
+@pytest.mark.slow
+def test_second_ctrl_c_exits_at_once_and_leaves_no_processes(tmp_path):
+    proc, seen, tree = _start_until(tmp_path, lambda line: "learner on" in line)
+    time.sleep(3)
+    tree |= _descendants(proc.pid)
+    assert len(tree) >= 5, "Ray's processes not seen"
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 130, "".join(seen) + out
+    _gone(tree, 10)  # Ray's GCS, raylet, dashboard, agents and workers: not 40-100 s later
 
 
 @pytest.mark.parametrize(

@@ -116,3 +116,50 @@ def test_tasks_and_help():
         assert name in tasks.stdout
     help_text = distdrq("train", "--help").stdout
     assert "--resume" in help_text and "agent.lr" in help_text and "env.fast_render" in help_text
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_keeps_records_consistent(tmp_path):
+    """kill -9 mid-run, then --resume: rows the dead process wrote after its last checkpoint
+    are dropped, so frames only go forward and no evaluation appears twice."""
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    args = ["train", "--task", "cartpole_swingup", "--frames", "100000", "--run-dir", str(run_dir)]
+    many = [x for x in SMALL if not x.startswith("train.eval_every_frames")]
+    many += ["env.action_repeat=8", "train.eval_every_frames=400"]
+    many += ["train.checkpoint_every_frames=400", "train.log_every_frames=200"]
+    env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distdrq.cli", *args, *many],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        # wait until the run has evaluated past its first checkpoint (checkpoints fall on
+        # episode ends: every 1000 frames for cartpole)
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline
+            ckpts = sorted((run_dir / "checkpoints").glob("ckpt_*[0-9].pt"))
+            text = (run_dir / "eval.csv").read_text() if (run_dir / "eval.csv").exists() else ""
+            evals = [int(r.split(",")[0]) for r in text.splitlines()[1:]]
+            if ckpts and evals and evals[-1] > int(ckpts[0].stem.split("_")[1]):
+                break
+            time.sleep(0.2)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = (run_dir / "eval.csv").read_text().splitlines()
+    resumed = distdrq("train", "--resume", str(run_dir), "--frames", "2400", "--plain")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "eval.csv: dropped" in resumed.stdout, resumed.stdout[-2000:]
+    evals = [int(r.split(",")[0]) for r in (run_dir / "eval.csv").read_text().splitlines()[1:]]
+    assert evals == sorted(set(evals)) and evals[-1] == 2400, (before, evals)
+    rows = (run_dir / "train.csv").read_text().splitlines()
+    frames = [int(r.split(",")[0]) for r in rows[1:]]
+    walls = [float(r.split(",")[4]) for r in rows[1:]]
+    assert frames == sorted(frames) and frames[-1] == 2400
+    assert walls == sorted(walls)  # wall time continues across the resume

@@ -136,8 +136,9 @@ def test_killed_env_actor_and_shard_recover(tmp_path):
         )
         before = _snapshot(coord)["counters"]["frames"]
 
-        ray.kill(env0, no_restart=False)
-        ray.kill(shard0, no_restart=False)
+        # kill the processes the way the world does: SIGKILL by PID
+        os.kill(ray.get(env0.pid.remote(), timeout=30), signal.SIGKILL)
+        os.kill(ray.get(shard0.pid.remote(), timeout=30), signal.SIGKILL)
 
         restored = _until(
             lambda: (s := _shard_stats(shard0)) and s["restored_from"] and s, launch=launch
@@ -167,23 +168,50 @@ def test_killed_env_actor_and_shard_recover(tmp_path):
             launch=launch,
         )
 
-        # kill the learner once a checkpoint exists: the driver recreates it from that checkpoint
+        # SIGKILL the learner once a checkpoint exists: the driver recreates it from that
+        # checkpoint, its weight versions continue after the dead one's and actors switch at once
         _until(
             lambda: list((run_dir / "checkpoints").glob("ckpt_*.pt")), timeout=180, launch=launch
         )
+        _until(lambda: _snapshot(coord)["counters"]["weight_version"] >= 3, launch=launch)
         learner = ray.get_actor(f"{name}-learner")
-        ray.kill(learner, no_restart=True)
-        _until(
-            lambda: _snapshot(coord)["roles"]["learner"]["starts"] >= 2, timeout=180, launch=launch
-        )
+        os.kill(ray.get(learner.pid.remote(), timeout=30), signal.SIGKILL)
+        versions = []
+
+        def restarted():
+            snap = _snapshot(coord)
+            versions.append(snap["counters"]["weight_version"])
+            return snap["roles"]["learner"]["starts"] >= 2
+
+        _until(restarted, timeout=180, launch=launch)
+        died_at = versions[-1]
         updates = _snapshot(coord)["counters"]["updates"]
+
+        def acting_with_new_weights():
+            snap = _snapshot(coord)
+            versions.append(snap["counters"]["weight_version"])
+            return snap["counters"]["weight_version"] > died_at and all(
+                snap["roles"][f"env-{i}"]["policy_version"] > died_at for i in range(2)
+            )
+
+        _until(acting_with_new_weights, timeout=60, launch=launch)
+        assert versions == sorted(versions), versions  # never backwards
         _until(
             lambda: _snapshot(coord)["counters"]["updates"] > updates, timeout=180, launch=launch
         )
+        lag = _until(
+            lambda: _snapshot(coord)["learner"].get("policy_lag_mean"), timeout=60, launch=launch
+        )
+        assert lag >= 0, lag  # a version that went backwards would make it negative
     finally:
         ray.shutdown()
         out = launch.stop()
-    assert "failed" in out and "restarting" in out  # the driver saw and showed the restart
+    # the driver showed each restart once, in one line, for every role
+    for role in ("env-0", "replay-0", "learner"):
+        shown = [x for x in out.splitlines() if x.startswith(f"{role} restarted")]
+        assert len(shown) == 1, (role, out[-4000:])
+    assert "recreated from ckpt_" in out
+    assert "Traceback" not in out
 
 
 @pytest.mark.slow

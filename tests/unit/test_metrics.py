@@ -27,6 +27,7 @@ def _snapshot(frames, restarts=0, eval_return=float("nan")):
             "policy_lag_mean": 1.5,
             "policy_lag_max": 4.0,
             "gpu_memory_bytes": 1e9,
+            "nonfinite_batches": 0.0,
         },
         "roles": {"env-0": {"restarts": restarts}, "learner": {"restarts": 0}},
     }
@@ -40,6 +41,7 @@ def _served(metrics):
 def test_every_listed_metric_is_served_with_the_run_label():
     m = RunMetrics("distdrq-test")
     shard = {"shard": 0, "transitions": 10, "stored_bytes": 100, "ratio_vs_drqv2": 9.9}
+    shard |= {"pid": 11, "rejected_chunks_values": 2, "snapshots_damaged": 1, "transitions_lost": 7}
     limiter = {
         "insert_blocked_seconds": 1.0,
         "sample_blocked_seconds": 0.5,
@@ -47,6 +49,7 @@ def test_every_listed_metric_is_served_with_the_run_label():
     }
     snap = _snapshot(5000, restarts=1, eval_return=300.0)
     m.update(snap, {"frames_per_second": 300.0}, [shard], limiter, [0.01])
+    m.count_damaged_checkpoint()
     served, text = _served(m)
     names = [n.strip() for n in LISTED.read_text().splitlines() if n.strip() and n[0] != "#"]
     assert len(names) >= 20
@@ -67,3 +70,15 @@ def test_counters_follow_the_run_and_never_decrease():
     assert served["distdrq_env_frames_total"].value == 3000
     assert served["distdrq_replay_sample_latency_seconds_count"].value == 2
     assert "distdrq_eval_return" not in served  # NaN (no evaluation yet) is not exported
+
+
+def test_per_process_counts_add_up_over_shard_restarts():
+    """A shard's rejections restart at 0 with its process; the run's counter keeps the sum."""
+    m = RunMetrics("r")
+    base = {"shard": 0, "transitions": 10, "stored_bytes": 100}
+    for pid, rejected, damaged in ((1, 2, 0), (1, 5, 0), (2, 1, 1), (2, 1, 1), (3, 0, 1)):
+        stats = base | {"pid": pid, "rejected_chunks_values": rejected}
+        m.update(_snapshot(1000), {}, [stats | {"snapshots_damaged": damaged}], None, [])
+    served, _ = _served(m)
+    assert served["distdrq_replay_rejected_chunks_total"].value == 5 + 1
+    assert served["distdrq_replay_snapshots_damaged_total"].value == 2
