@@ -37,6 +37,7 @@ from distdrq.distributed.learner import Learner
 from distdrq.distributed.replay_actor import start_rate_limiter, start_replay_shards
 from distdrq.envs import make_env
 from distdrq.metrics import RunMetrics
+from distdrq.proctree import kill_descendants
 from distdrq.progress import CsvLog, ProgressDisplay, rollback_records
 from distdrq.trainer import save_run_config
 from distdrq.types import SkippedFile
@@ -565,16 +566,6 @@ class Driver:
                 raise error
             time.sleep(2.0)
             refs = {i: topo.shards[i].snapshot.remote() for i in refs if i not in paths}
-
-
-def kill_descendants() -> None:
-    """SIGKILL every process this one started, children of children included (a local Ray
-    instance's GCS, raylet, workers, dashboard and agents); used only on a second Ctrl-C."""
-    import psutil  # a Ray dependency
-
-    for child in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            child.kill()
 
 
 def _first_line(exc: BaseException) -> str:

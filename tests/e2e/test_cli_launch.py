@@ -1,6 +1,5 @@
 """`distdrq launch` end to end: real Ray (local single node), real MuJoCo, 2 CPUs."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -9,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from distdrq.proctree import alive, descendants
 
 SMALL = [
     "--plain",
@@ -76,34 +77,6 @@ def test_launch_checkpoint_resume(tmp_path):
     assert trains == sorted(trains), trains
 
 
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _start_until(run_dir: Path, done) -> tuple[subprocess.Popen, list[str], set[int]]:
     """A long launch, read until ``done(line)``; its lines and every process seen below it."""
     proc = subprocess.Popen(
@@ -119,7 +92,7 @@ def _start_until(run_dir: Path, done) -> tuple[subprocess.Popen, list[str], set[
     tree: set[int] = set()
     for line in proc.stdout:  # type: ignore[union-attr]
         seen.append(line)
-        tree |= _descendants(proc.pid)
+        tree |= descendants(proc.pid)
         if done(line):
             break
         assert time.monotonic() < deadline, "".join(seen)
@@ -128,9 +101,9 @@ def _start_until(run_dir: Path, done) -> tuple[subprocess.Popen, list[str], set[
 
 def _gone(tree: set[int], seconds: float) -> None:
     deadline = time.monotonic() + seconds
-    while any(_alive(p) for p in tree) and time.monotonic() < deadline:
+    while any(alive(p) for p in tree) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not [p for p in tree if _alive(p)], "processes left behind"
+    assert not [p for p in tree if alive(p)], "processes left behind"
 
 
 @pytest.mark.slow
@@ -140,7 +113,7 @@ def test_ctrl_c_checkpoints_and_leaves_no_processes(tmp_path):
         run_dir,
         lambda line: "frames " in line and "frames 0/" not in line and "learner on" not in line,
     )
-    tree |= _descendants(proc.pid)
+    tree |= descendants(proc.pid)
     assert tree, "no Ray child processes seen"
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=300)
@@ -154,7 +127,7 @@ def test_ctrl_c_checkpoints_and_leaves_no_processes(tmp_path):
 def test_second_ctrl_c_exits_at_once_and_leaves_no_processes(tmp_path):
     proc, seen, tree = _start_until(tmp_path, lambda line: "learner on" in line)
     time.sleep(3)
-    tree |= _descendants(proc.pid)
+    tree |= descendants(proc.pid)
     assert len(tree) >= 5, "Ray's processes not seen"
     proc.send_signal(signal.SIGINT)
     time.sleep(1)
