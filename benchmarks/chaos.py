@@ -34,6 +34,7 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import random  # noqa: E402
@@ -263,9 +264,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         while launch.proc.poll() is None:
             frames = monitor.last.get("frames", 0)
-            if frames >= args.frames * 0.97:
-                time.sleep(0.5)  # too close to the end: let it finish on its own
-                continue
+            if frames >= args.frames * 0.95:
+                break  # let it finish on its own, without this process connected (below)
             now = time.monotonic()
             if args.mode in kinds and now >= next_kill:
                 if not queue:
@@ -287,11 +287,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 send_bad(name, args.shards, rng, sent)
                 next_bad = time.monotonic() + order.uniform(low, high) / 2
             time.sleep(0.25)
-        launch.proc.wait(timeout=600)
     finally:
         monitor.done.set()
+        monitor.join(timeout=30)
         final = dict(monitor.snap)
+        # Ray ends a process still connected to a cluster that shuts down: leave first
         ray.shutdown()
+    launch.proc.wait(timeout=900)
+    launch._reader.join(timeout=30)
+    (run_dir / "launch.log").write_text("\n".join(launch.lines) + "\n")
+    last = _latest_counters(run_dir)
+    for key in ("frames", "updates", "weight_version"):  # the final checkpoint, after the polls
+        if key in last and last[key] < monitor.last.get(key, -1):
+            monitor.backwards.append(f"{key} {monitor.last[key]} -> {last[key]} (final)")
     first_exit = launch.proc.returncode
     first_out = "\n".join(launch.lines)
     elapsed = time.monotonic() - started
@@ -301,6 +309,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     resume = Launch(["--resume", str(run_dir), "--frames", str(args.frames + 1500), *common[:1]])
     resume.proc.wait(timeout=900)
     resume._reader.join(timeout=30)
+    (run_dir / "resume.log").write_text("\n".join(resume.lines) + "\n")
     time.sleep(5)
     left = sorted(p for p in launch.tree | resume.tree if alive(p))
     learner = final.get("learner", {})
@@ -314,7 +323,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "wall_seconds": round(elapsed, 1),
         "exit_code": first_exit,
         "reached_budget": first_exit == 0 and "done at frame" in first_out,
-        "final_counters": final.get("counters", {}),
+        "final_counters": last,
         "kills": kills,
         "kills_per_role": {r: sum(k["role"] == r for k in kills) for r in ROLES},
         "restart_lines": restart_lines,
@@ -338,6 +347,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["episodes"] = episode_check(run_dir, args.shards)
     result["passed"] = verdict(result)
     return result
+
+
+def _latest_counters(run_dir: Path) -> dict[str, Any]:
+    """Counters of the run's newest checkpoint (it must load: that is one of the checks)."""
+    from distdrq.checkpoint import list_checkpoints, load_checkpoint
+
+    paths = list_checkpoints(run_dir)
+    return dict(load_checkpoint(paths[0])[0]["counters"]) if paths else {}
 
 
 def episode_check(run_dir: Path, shards: int) -> dict[str, Any]:
@@ -374,6 +391,9 @@ def verdict(res: dict[str, Any]) -> bool:
         ok = ok and sent.get("sent", 0) > 0 and sent.get("refused", 0) == sent.get("sent", 0)
         ok = ok and not res["nonfinite_batches"]
     return bool(ok)
+
+
+print = functools.partial(print, flush=True)  # noqa: A001  (progress lines, also under nohup)
 
 
 def main() -> None:
