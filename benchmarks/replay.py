@@ -39,6 +39,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from codec_experiments import ALL_CODECS  # noqa: E402  (registers the experimental codecs)
 from replay_codec import preamble, render_episode  # noqa: E402
 
 from distdrq.replay import (  # noqa: E402
@@ -182,7 +183,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--episodes", type=int, default=2)
     p.add_argument("--tasks", default=",".join(TASKS))
-    p.add_argument("--codecs", default=f"lz4-key16,lz4-tree,{DEFAULT_CODEC}")
+    p.add_argument(
+        "--codecs",
+        default=f"lz4-key16,lz4-tree,{DEFAULT_CODEC}",
+        help=f"any of {', '.join(ALL_CODECS)}",
+    )
     p.add_argument("--reps", type=int, default=40, help="timed batches per shard")
     p.add_argument("--chunk", type=int, default=50, help="writer chunk_length")
     p.add_argument("--data", type=Path, default=Path("/tmp/codec_data"))

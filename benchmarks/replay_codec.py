@@ -6,7 +6,8 @@ paper's setting (grayscale + black floor). For each codec: bytes per transition 
 index, over all stored frames / transitions), ratio against DrQ-v2's 63,504 B per transition,
 batches per second (256 windows of 6 consecutive clamped frames, frame_stack 3 + nstep 3,
 uniform positions, one thread), the same for an uncompressed frame-once gather timed in the
-same loop (interleaved), encode ms per frame, and memory for 1M transitions.
+same loop (interleaved), encode ms per frame, and memory for 1M transitions. Codecs: replay's
+own and the experiments of benchmarks/codec_experiments.py.
 
     python benchmarks/replay_codec.py [--episodes 2] [--reps 30] [--codecs raw,lz4-tree]
 """
@@ -26,13 +27,9 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from codec_experiments import ALL_CODECS  # noqa: E402  (registers the experimental codecs)
 
-from distdrq.replay.codec import (  # noqa: E402
-    CODECS,
-    EpisodeFrames,
-    FrameEncoder,
-    decode_windows,
-)
+from distdrq.replay.codec import EpisodeFrames, FrameEncoder, decode_windows  # noqa: E402
 
 DRQV2_BYTES = 63_504
 SETTINGS = {
@@ -136,7 +133,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--episodes", type=int, default=2)
     p.add_argument("--settings", default=",".join(SETTINGS))
-    p.add_argument("--codecs", default=",".join(CODECS))
+    p.add_argument("--codecs", default=",".join(ALL_CODECS), help="shipped and experimental")
     p.add_argument("--reps", type=int, default=30, help="timed batches per codec")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--chunk", type=int, default=50, help="frames per encode() call")

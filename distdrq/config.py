@@ -8,7 +8,9 @@ their own (``configs/algos/<algo>.yaml``), applied under the task preset when ``
 names it.
 Overrides on the command line use dotted keys: ``agent.lr=3e-4``.
 
-Errors are one line and name the key and the allowed choices (:class:`ConfigError`).
+Every rule (choices, ranges, cross-field rules) is checked in one place, :func:`validate`
+(:func:`validate_agent` for the agent section alone, which the agents call); errors are one line
+and name the key and the fix (:class:`ConfigError`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from distdrq.replay.registry import CODECS as REPLAY_CODECS  # standard library only
 
 
 class ConfigError(ValueError):
@@ -96,11 +100,15 @@ class DrQConfig:
 @dataclass
 class AgentConfig:
     """Learner hyperparameters: defaults are DrQ-v2's as published for easy and medium tasks;
-    ``algo: drq`` layers DrQ's published values (``configs/algos/drq.yaml``) under the presets."""
+    ``algo: drq`` layers DrQ's published values (``configs/algos/drq.yaml``) under the presets.
+
+    Every key here serves both algorithms except DrQ-v2's exploration noise (``stddev_schedule``,
+    ``stddev_clip``), kept at ``agent.*`` where presets and saved runs name it; DrQ's own keys
+    are a section of their own (``agent.drq``), which DrQ-v2 ignores."""
 
     algo: str = "drqv2"
-    """learning algorithm: drqv2 (DDPG, Yarats et al. 2021) or drq (SAC, Kostrikov et al. 2020;
-    selects DrQ's published defaults, configs/algos/drq.yaml)"""
+    """learning algorithm (distdrq.agent.ALGORITHMS): drqv2 (DDPG, Yarats et al. 2021) or drq
+    (SAC, Kostrikov et al. 2020; selects DrQ's published defaults, configs/algos/drq.yaml)"""
     lr: float = 1e-4
     """Adam learning rate for encoder, actor and critic"""
     feature_dim: int = 50
@@ -118,9 +126,9 @@ class AgentConfig:
     num_expl_steps: int = 2000
     """agent steps of uniform random actions at the start"""
     stddev_schedule: LinearSchedule = field(default_factory=LinearSchedule)
-    """exploration std over agent steps (easy 100k, medium 500k, hard 2M)"""
+    """drqv2 only: exploration std over agent steps (easy 100k, medium 500k, hard 2M)"""
     stddev_clip: float = 0.3
-    """clip of the target policy smoothing noise"""
+    """drqv2 only: clip of the target policy smoothing noise"""
     precision: str = "auto"
     """autocast dtype: auto (bf16 on a GPU that supports it, else fp16; fp32 on CPU), bf16, fp16, fp32"""
     channels_last: bool = True
@@ -215,22 +223,12 @@ class Config:
 # ---------------------------------------------------------------------------------------------
 # validation
 
+# choices; agent.algo and agent.encoder are the names the agent registries hold (_registered)
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "agent.algo": ("drqv2", "drq"),
-    "agent.encoder": ("drqv2", "nano"),
     "agent.precision": ("auto", "bf16", "fp16", "fp32"),
     "env.gl_backend": ("egl", "osmesa", "glfw"),
     "replay.disk_codec": ("cm", "stored"),
-    "replay.codec": (
-        "raw",
-        "lz4d-star32",
-        "lz4-key16",
-        "lz4-tree",
-        "lz4-chain16",
-        "lz4-chain8",
-        "lz4-key8",
-        "lz4-tree32",
-    ),
+    "replay.codec": REPLAY_CODECS,
 }
 
 _POSITIVE = (
@@ -242,6 +240,7 @@ _POSITIVE = (
     "agent.hidden_dim",
     "agent.batch_size",
     "agent.update_every_steps",
+    "agent.stddev_schedule.duration",
     "replay.capacity",
     "replay.nstep",
     "train.frames",
@@ -258,6 +257,23 @@ _POSITIVE = (
     "distributed.chunk_length",
     "distributed.weight_sync_every",
     "distributed.prefetch",
+)
+
+
+_UNIT_INTERVAL = ("replay.discount", "agent.critic_tau", "agent.drq.encoder_tau")  # (0, 1]
+
+_ORDERED = (("agent.drq.log_std_min", "agent.drq.log_std_max"),)  # the first < the second
+
+_NON_NEGATIVE = (
+    "agent.num_expl_steps",
+    "agent.stddev_clip",
+    "agent.stddev_schedule.initial",
+    "agent.stddev_schedule.final",
+    "train.seed_frames",
+    "train.eval_episodes",
+    "train.video_every_evals",
+    "distributed.samples_per_insert",
+    "distributed.snapshot_every_inserts",
 )
 
 
@@ -291,49 +307,84 @@ def unknown_task(name: str) -> ConfigError:
 
 
 def validate(cfg: Config) -> Config:
-    """Check choices, ranges and the task name; raise :class:`ConfigError` on the first problem."""
+    """Check every rule (choices, ranges, cross-field rules, the task name); raise a one-line
+    :class:`ConfigError` on the first problem. The one place a config is checked: the CLI,
+    the trainer and the agents (:func:`validate_agent`) rely on it."""
     from distdrq.envs.tasks import known_tasks
 
-    tasks = known_tasks()
-    for key, allowed in _CHOICES.items():
-        value = get_key(cfg, key)
-        if value not in allowed:
-            raise ConfigError(
-                f"{key}={value!r} is not allowed; choose one of: {', '.join(allowed)}"
-            )
-    for key in _POSITIVE:
-        value = get_key(cfg, key)
-        if value <= 0:
-            raise ConfigError(f"{key}={value!r} must be > 0")
-    if cfg.env.task not in tasks:
+    _check_tables(cfg, "")
+    _check_device(cfg.agent.device)
+    if cfg.env.task not in known_tasks():
         raise unknown_task(cfg.env.task)
-    if cfg.env.image_size < 16:
+    if cfg.env.image_size < 16:  # both encoders need 15 pixels for a 1x1 conv output
         raise ConfigError(f"env.image_size={cfg.env.image_size} is too small; use 16 or more")
-    if not 0.0 < cfg.replay.discount <= 1.0:
-        raise ConfigError(f"replay.discount={cfg.replay.discount} must be in (0, 1]")
-    if not 0.0 < cfg.agent.critic_tau <= 1.0:
-        raise ConfigError(f"agent.critic_tau={cfg.agent.critic_tau} must be in (0, 1]")
-    drq = cfg.agent.drq
-    if not 0.0 < drq.encoder_tau <= 1.0:
-        raise ConfigError(f"agent.drq.encoder_tau={drq.encoder_tau} must be in (0, 1]")
-    if not drq.log_std_min < drq.log_std_max:
+    if cfg.env.camera_id < -1:
         raise ConfigError(
-            f"agent.drq.log_std_min={drq.log_std_min} must be < "
-            f"agent.drq.log_std_max={drq.log_std_max}"
+            f"env.camera_id={cfg.env.camera_id} must be -1 (the task's default camera) or >= 0"
         )
-    if cfg.agent.stddev_schedule.duration <= 0:
-        raise ConfigError("agent.stddev_schedule.duration must be > 0")
-    for key in (
-        "train.seed_frames",
-        "train.eval_episodes",
-        "agent.num_expl_steps",
-        "distributed.samples_per_insert",
-        "distributed.snapshot_every_inserts",
-        "train.video_every_evals",
-    ):
-        if get_key(cfg, key) < 0:
-            raise ConfigError(f"{key}={get_key(cfg, key)} must be >= 0")
+    if cfg.distributed.learner_gpus < 0 and cfg.distributed.learner_gpus != -1:
+        raise ConfigError(
+            f"distributed.learner_gpus={cfg.distributed.learner_gpus} must be -1 (one GPU if "
+            "the cluster has any) or >= 0"
+        )
     return cfg
+
+
+def validate_agent(cfg: AgentConfig) -> AgentConfig:
+    """Check the ``agent`` section alone by :func:`validate`'s rules (for agents built from an
+    :class:`AgentConfig` directly); raise a one-line :class:`ConfigError` on the first problem."""
+    _check_tables(cfg, "agent")
+    _check_device(cfg.device)
+    return cfg
+
+
+def _registered() -> dict[str, tuple[str, ...]]:
+    """The choices the agent registries hold: algorithms and encoders."""
+    from distdrq.agent.networks import ENCODERS  # imported late: the agents import this module
+    from distdrq.agent.registry import ALGORITHMS
+
+    return {"agent.algo": tuple(ALGORITHMS), "agent.encoder": tuple(ENCODERS)}
+
+
+def _check_tables(obj: Any, section: str) -> None:
+    """The table rules on keys under ``section`` ("": every key); ``obj`` is that section."""
+
+    def mine(key: str) -> bool:
+        return not section or key.startswith(f"{section}.")
+
+    def value(key: str) -> Any:
+        return get_key(obj, key[len(section) + 1 :] if section else key)
+
+    for key, allowed in {**_registered(), **_CHOICES}.items():
+        if mine(key) and value(key) not in allowed:
+            raise ConfigError(
+                f"{key}={value(key)!r} is not allowed; choose one of: {', '.join(allowed)}"
+            )
+    for key in filter(mine, _POSITIVE):
+        if value(key) <= 0:
+            raise ConfigError(f"{key}={value(key)!r} must be > 0")
+    for key in filter(mine, _UNIT_INTERVAL):
+        if not 0.0 < value(key) <= 1.0:
+            raise ConfigError(f"{key}={value(key)!r} must be in (0, 1]")
+    for low, high in _ORDERED:
+        if mine(low) and not value(low) < value(high):
+            raise ConfigError(f"{low}={value(low)!r} must be < {high}={value(high)!r}")
+    for key in filter(mine, _NON_NEGATIVE):
+        if value(key) < 0:
+            raise ConfigError(f"{key}={value(key)!r} must be >= 0")
+
+
+def _check_device(device: str) -> None:
+    if device == "auto":
+        return
+    import torch  # imported late: reading a config needs no torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(
+            f"agent.device={device!r} is not a torch device; use auto, cpu, cuda or cuda:N"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -578,7 +629,7 @@ def algo_preset(algo: str, task: str) -> dict[str, Any]:
     there is one (it extends ``algos/<algo>``), else ``configs/algos/<algo>.yaml``, else none
     (DrQ-v2's values are the dataclass defaults). It may not set ``agent.algo`` or ``env.task``.
     """
-    if algo not in _CHOICES["agent.algo"]:
+    if algo not in _registered()["agent.algo"]:
         return {}  # validate() names the allowed algorithms
     root = configs_dir() / "algos"
     for path in (root / algo / f"{task}.yaml", root / f"{algo}.yaml"):

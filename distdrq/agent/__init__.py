@@ -1,14 +1,13 @@
-"""Learning agents (DrQ-v2, DrQ): networks, random shift augmentation, updates (plain PyTorch)."""
+"""Learning agents (DrQ-v2, DrQ): networks, random shift augmentation, updates (plain PyTorch).
+
+:class:`Agent` (``base.py``) holds what they share; each algorithm is a sibling module with its
+own update (``drqv2.py``, ``drq.py``), named in :data:`ALGORITHMS` (``registry.py``).
+"""
 
 from distdrq.agent.augment import RandomShiftsAug, random_shifts, shift_crop, shift_grid_sample
-from distdrq.agent.drq import DrQAgent, Temperature
-from distdrq.agent.drqv2 import (
-    DrQV2Agent,
-    batch_to_tensors,
-    make_agent,
-    resolve_device,
-    resolve_precision,
-)
+from distdrq.agent.base import Agent, batch_to_tensors, resolve_device, resolve_precision
+from distdrq.agent.drq import DrQAgent, Temperature, sac_action
+from distdrq.agent.drqv2 import DrQV2Agent, policy_action
 from distdrq.agent.networks import (
     Actor,
     Critic,
@@ -21,10 +20,13 @@ from distdrq.agent.networks import (
     make_encoder,
     squashed_normal_sample,
 )
-from distdrq.agent.policy import Policy, make_actor, policy_action, sac_action
+from distdrq.agent.policy import Policy
+from distdrq.agent.registry import ALGORITHMS, algorithm, make_agent, register
 
 __all__ = [
+    "ALGORITHMS",
     "Actor",
+    "Agent",
     "Critic",
     "DrQAgent",
     "DrQV2Agent",
@@ -35,14 +37,15 @@ __all__ = [
     "Temperature",
     "TruncatedNormal",
     "TwinQ",
+    "algorithm",
     "batch_to_tensors",
     "enable_grad_checkpointing",
-    "make_actor",
     "make_agent",
     "make_encoder",
     "Policy",
     "policy_action",
     "random_shifts",
+    "register",
     "resolve_device",
     "resolve_precision",
     "sac_action",

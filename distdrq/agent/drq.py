@@ -41,7 +41,7 @@ Remaining differences from the published code:
   holds DrQ's published values, task presets and profiles may change them.
 
 Plumbing (devices, precision and grad scalers, channels_last, compile, checkpoints, weight
-export) is :class:`~distdrq.agent.drqv2.DrQV2Agent`'s, inherited.
+export) is :class:`~distdrq.agent.base.Agent`'s, shared with DrQ-v2.
 """
 
 from __future__ import annotations
@@ -51,24 +51,28 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from distdrq.agent.augment import RandomShiftsAug
-from distdrq.agent.drqv2 import (
-    DrQV2Agent,
-    _to_device,
-    batch_to_tensors,
-    resolve_device,
-    resolve_precision,
-)
-from distdrq.agent.networks import Critic, squashed_normal_sample
-from distdrq.agent.policy import make_actor, make_agent_encoder, sac_action
+from distdrq.agent.base import Agent, batch_to_tensors
+from distdrq.agent.networks import SACActor, squashed_normal_sample
 from distdrq.config import AgentConfig
 from distdrq.types import Batch
 
 _ACTOR_METRICS = ("actor_loss", "actor_logprob", "actor_ent", "alpha_loss", "alpha")
+
+
+def sac_action(
+    mu: torch.Tensor, log_std: torch.Tensor, eval_mode: bool, uniform: bool
+) -> torch.Tensor:
+    """DrQ's action rule: tanh(mu) in eval; else tanh(mu + std * N(0, 1)) or, while ``uniform``
+    (the first ``num_expl_steps`` agent steps), uniform noise in [-1, 1]."""
+    if eval_mode:
+        return torch.tanh(mu)
+    if uniform:
+        return torch.empty_like(mu).uniform_(-1.0, 1.0)
+    return torch.tanh(mu + log_std.exp() * torch.randn_like(mu))
 
 
 class Temperature(nn.Module):
@@ -82,96 +86,43 @@ class Temperature(nn.Module):
         return self.log_alpha.exp()
 
 
-class DrQAgent(DrQV2Agent):
-    """DrQ (SAC) learner and policy, with :class:`DrQV2Agent`'s interface and plumbing."""
+class DrQAgent(Agent):
+    """DrQ (SAC) learner and policy: squashed Gaussian actor, learned temperature, target
+    encoder; pixels in [0, 1]. Plumbing is :class:`~distdrq.agent.base.Agent`'s."""
 
-    def __init__(
-        self,
-        obs_shape: tuple[int, int, int],
-        action_dim: int,
-        cfg: AgentConfig,
-        device: str | torch.device | None = None,
-    ) -> None:
-        drq = cfg.drq
-        for key in ("actor_update_every", "target_update_every", "target_augs", "critic_augs"):
-            if getattr(drq, key) < 1:
-                raise ValueError(f"agent.drq.{key}={getattr(drq, key)} must be >= 1")
-        if not drq.init_temperature > 0:
-            raise ValueError(f"agent.drq.init_temperature={drq.init_temperature} must be > 0")
-        self.cfg = cfg
-        self.device = resolve_device(cfg.device if device is None else device)
-        self.amp_dtype, use_scaler = resolve_precision(cfg.precision, self.device)
-        cuda = self.device.type == "cuda"
-        self.channels_last = cfg.channels_last and cuda
-        if cuda:
-            torch.backends.cudnn.benchmark = True
-        memory_format = torch.channels_last if self.channels_last else torch.preserve_format
+    pixel_offset = 0.0
 
-        self.encoder = make_agent_encoder(obs_shape, cfg, cfg.grad_checkpointing)  # [0, 1] pixels
-        self.encoder.to(self.device, memory_format=memory_format)
+    @staticmethod
+    def make_actor(repr_dim: int, action_dim: int, cfg: AgentConfig) -> SACActor:
+        """DrQ's actor: (mu, log_std), log std within [drq.log_std_min, drq.log_std_max]."""
+        bounds = (cfg.drq.log_std_min, cfg.drq.log_std_max)
+        return SACActor(repr_dim, action_dim, cfg.feature_dim, cfg.hidden_dim, *bounds)
+
+    @staticmethod
+    def action(
+        actor_out: tuple[torch.Tensor, torch.Tensor], cfg: AgentConfig, step: int, eval_mode: bool
+    ) -> torch.Tensor:
+        """eval: tanh(mu); else a sample of the squashed Gaussian, replaced by uniform noise in
+        [-1, 1] for the first ``num_expl_steps`` agent steps."""
+        mu, log_std = actor_out
+        return sac_action(mu, log_std, eval_mode, step < cfg.num_expl_steps)
+
+    def build_extra(self, action_dim: int) -> None:
+        """The target encoder (DrQ's ``critic_target`` holds an encoder copy) and the SAC
+        temperature with its own Adam (DrQ's; plain: its loss is a fp32 scalar)."""
         self.encoder_target = copy.deepcopy(self.encoder).requires_grad_(False)
-        repr_dim = self.encoder.repr_dim
-        self.actor = make_actor(repr_dim, action_dim, cfg).to(self.device)
-        dims = (repr_dim, action_dim, cfg.feature_dim, cfg.hidden_dim)
-        self.critic = Critic(*dims).to(self.device)
-        self.critic_target = Critic(*dims).to(self.device)
-        self.critic_target.load_state_dict(self.critic.state_dict())
-        self.critic_target.requires_grad_(False)
-        self.temperature = Temperature(drq.init_temperature).to(self.device)
+        self.temperature = Temperature(self.cfg.drq.init_temperature).to(self.device)
         self.target_entropy = -float(action_dim)
-
-        # optimizers: one Adam each, as DrQ (the encoder's is DrQ's critic optimizer's share)
-        adam = {"lr": cfg.lr, "fused": True} if cuda else {"lr": cfg.lr}
-        self.encoder_opt = torch.optim.Adam(self.encoder.parameters(), **adam)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), **adam)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), **adam)
-        self.alpha_opt = torch.optim.Adam(self.temperature.parameters(), lr=cfg.lr)
-        # fp16 only: one loss scaler per scaled backward (critic+encoder, actor); the alpha loss
-        # is a fp32 scalar expression and needs none
-        self.critic_scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
-        self.actor_scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
-
-        self.aug = RandomShiftsAug(pad=4, channels_last=self.channels_last)
-        self._actor_params = list(self.actor.parameters())
-        self._critic_params = list(self.critic.parameters())
-        self._target_params = list(self.critic_target.parameters())
+        self.alpha_opt = torch.optim.Adam(self.temperature.parameters(), lr=self.cfg.lr)
         self._encoder_params = list(self.encoder.parameters())
         self._encoder_target_params = list(self.encoder_target.parameters())
         nan = torch.full((), float("nan"), device=self.device)
         self._actor_metrics: dict[str, torch.Tensor] = dict.fromkeys(_ACTOR_METRICS, nan)
-        self.num_updates = 0
-        if cfg.compile:
-            for module in (
-                self.encoder,
-                self.encoder_target,
-                self.actor,
-                self.critic,
-                self.critic_target,
-            ):
-                module.compile()
 
     @property
     def alpha(self) -> torch.Tensor:
         """The temperature exp(log_alpha) (with grad to log_alpha)."""
         return self.temperature()
-
-    def train(self, training: bool = True) -> None:
-        """Set train/eval mode of the networks (they behave the same in both: no dropout/BN)."""
-        for _, module in self._named_modules():
-            module.train(training)
-
-    @torch.no_grad()
-    def act(self, obs: np.ndarray, step: int, eval_mode: bool) -> np.ndarray:
-        """Action float32 [A] for one uint8 observation [C, H, W].
-
-        eval: tanh(mu); else a sample of the squashed Gaussian, replaced by uniform noise in
-        [-1, 1] for the first ``num_expl_steps`` agent steps.
-        """
-        obs_t = _to_device(np.asarray(obs), self.device).unsqueeze(0)
-        with self._autocast():
-            mu, log_std = self.actor(self.encoder(obs_t))
-        action = sac_action(mu, log_std, eval_mode, step < self.cfg.num_expl_steps)
-        return action.float().cpu().numpy()[0]
 
     @torch.no_grad()
     def target_q(
@@ -203,7 +154,15 @@ class DrQAgent(DrQV2Agent):
     ) -> dict[str, torch.Tensor]:
         """One encoder + critic step: ``h`` [M * B, D] (with grad) holds the features of the M
         augmented copies of obs; loss sum over copies of mse(Q1, target) + mse(Q2, target)."""
-        return self.critic_step(h, action, target_q)
+        m = h.shape[0] // action.shape[0]
+        with self._autocast():
+            q1, q2 = self.critic(h, action.repeat(m, 1))
+        target = target_q.repeat(m, 1)
+        # M times the mean over all M * B rows = the sum of the M copies' means (published)
+        critic_loss = m * (F.mse_loss(q1, target) + F.mse_loss(q2, target))
+
+        # optimize encoder and critic
+        return self.optimize_critic(critic_loss, target_q, q1, q2)
 
     def update_actor(
         self, h: torch.Tensor, noise: torch.Tensor | None = None
@@ -216,10 +175,7 @@ class DrQAgent(DrQV2Agent):
         actor_loss = (self.alpha.detach() * log_prob - torch.min(q1, q2)).mean()
 
         # optimize actor; inputs= leaves the critic's gradients alone
-        self.actor_opt.zero_grad(set_to_none=True)
-        self.actor_scaler.scale(actor_loss).backward(inputs=self._actor_params)
-        self.actor_scaler.step(self.actor_opt)
-        self.actor_scaler.update()
+        self.optimize(actor_loss, self.actor_scaler, self.actor_opt, inputs=self._actor_params)
 
         log_prob = log_prob.detach().mean()
         return {
@@ -290,11 +246,15 @@ class DrQAgent(DrQV2Agent):
         values = torch.stack([v.float() for v in metrics.values()]).tolist()  # one sync
         return dict(zip(metrics, values, strict=True))
 
-    # ---- checkpoints (state_dict, load_state_dict, policy_state_dict: DrQV2Agent's)
+    # ---- checkpoints: the target encoder, the temperature and its optimizer join the base's
 
-    def _named_modules(self) -> Iterator[tuple[str, torch.nn.Module]]:
+    def _named_networks(self) -> Iterator[tuple[str, nn.Module]]:
+        yield from super()._named_networks()
+        yield ("encoder_target", self.encoder_target)
+
+    def _named_modules(self) -> Iterator[tuple[str, nn.Module]]:
         yield from super()._named_modules()
-        yield from (("encoder_target", self.encoder_target), ("temperature", self.temperature))
+        yield ("temperature", self.temperature)
 
     def _named_optimizers(self) -> Iterator[tuple[str, torch.optim.Optimizer]]:
         yield from super()._named_optimizers()

@@ -274,7 +274,9 @@ def make_encoder(
     """The encoder named ``name`` (``drqv2`` or ``nano``) with ``.repr_dim``, scaling pixels to
     obs / 255 - ``pixel_offset``; the conv stack checkpointed if ``grad_checkpointing``."""
     if name not in ENCODERS:
-        raise ValueError(f"agent.encoder={name!r} is not allowed; choose one of: drqv2, nano")
+        raise ValueError(
+            f"agent.encoder={name!r} is not allowed; choose one of: {', '.join(ENCODERS)}"
+        )
     encoder = ENCODERS[name](tuple(obs_shape), pixel_offset=pixel_offset)
     return enable_grad_checkpointing(encoder) if grad_checkpointing else encoder
 

@@ -1,9 +1,12 @@
 """Lossless frame codec for replay: a frame is encoded once (actor side), stored once, decoded
 only when sampled, bit for bit.
 
+Which codec to pick, and the codecs there are, is told in :mod:`distdrq.replay.registry`
+(``CODECS``; ``DEFAULT_CODEC`` is ``lz4d-star32``); this module is how they work.
+
 Prediction. Every frame ``t`` of an episode is either an intra frame (stored as itself) or
 coded against one earlier frame ``ref(t)`` of the same episode, chosen by a fixed *reference
-structure* that depends only on ``t``:
+structure* that depends only on ``t`` (:func:`reference_frames`):
 
 - ``key``:   intra every ``K`` frames; the others refer to their group's intra frame;
 - ``chain``: intra every ``K`` frames; the others refer to the previous frame;
@@ -34,20 +37,16 @@ its reference in one of two ways (``CodecSpec.predict``):
 Each frame's bytes are compressed alone with LZ4 (fast or HC), so decoding a window touches only
 the frames it needs.
 
-Decoding (:func:`decode_windows`, the sampling hot path) is vectorised across the batch: the
-closure (window frames plus their reference ancestors) of every window is computed with numpy,
-each needed frame is LZ4-decompressed once per window, the inverse channel transform is one
-pass over all of them, references are added level by level (depth in the reference tree), and
-one gather writes ``[B, W, C, H, W]``.
+Decoding (:func:`decode_windows`, :func:`decode_windows_into`: the sampling hot path) is
+vectorised across the batch: a *plan* computes with numpy the closure (window frames plus their
+reference ancestors) of every window and the row each needed frame is decoded into; one kernel
+of :mod:`distdrq.replay.lz4decode` then LZ4-decodes each needed frame once per window, undoes
+the channel transform and adds references.
 
 Integrity: :class:`FrameEncoder` stamps each :class:`EncodedFrames` with a CRC32 of its sizes
 and bytes (:func:`payload_checksum`); a shard verifies it and trial-decodes every frame
 (:func:`undecodable_frame`) before storing anything, so damaged bytes are refused at insert and
 a sample never meets a frame it cannot decode.
-
-Codecs (``CODECS``): ``raw`` (bytes as they are); ``lz4d-star32`` (the default: star structure,
-K=32, M=4, dictionary coding); the residual codecs ``lz4-key16`` (fastest to sample), ``lz4-tree``,
-``lz4-chain16`` and others.
 """
 
 from __future__ import annotations
@@ -61,19 +60,45 @@ import lz4.block as _lz4
 import msgpack
 import numpy as np
 
-# LZ4_decompress_safe(_usingDict) from the liblz4 that the lz4 package bundles (decode into our
-# buffers; the dictionary is read where it lies)
-_liblz4 = ctypes.CDLL(_lz4._block.__file__)
-_lz4_decompress_safe = _liblz4.LZ4_decompress_safe
-_lz4_decompress_safe.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
-_lz4_decompress_safe.restype = ctypes.c_int
-_lz4_decompress_dict = _liblz4.LZ4_decompress_safe_usingDict
-_lz4_decompress_dict.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
-_lz4_decompress_dict.argtypes += [ctypes.c_void_p, ctypes.c_int]
-_lz4_decompress_dict.restype = ctypes.c_int
+from distdrq.replay.lz4decode import (
+    DEST_ARRAY,
+    DEST_ROW,
+    FIRST,
+    NOWHERE,
+    SCRATCH,
+    SRC_ARRAY,
+    SRC_ROW,
+    check_blocks,
+    lz4_decompress,
+    lz4_decompress_dict,
+    reconstruct_into,
+    reconstruct_numba,
+)
+from distdrq.replay.registry import (
+    CODECS,
+    DEFAULT_CODEC,
+    CodecSpec,
+    codec_spec,
+    register_codec,
+)
 
+__all__ = [
+    "CODECS",
+    "DEFAULT_CODEC",
+    "MAX_FRAME_BYTES",
+    "CodecSpec",
+    "EncodedFrames",
+    "EpisodeFrames",
+    "FrameEncoder",
+    "codec_spec",
+    "decode_windows",
+    "decode_windows_into",
+    "payload_checksum",
+    "reference_frames",
+    "register_codec",
+    "undecodable_frame",
+]
 
-_LZ4_MAX_OFFSET = 65_535
 _LZ4_MAX_RATIO = 255
 """an LZ4 block never decodes to more than about 255 bytes per byte (one byte of match length
 adds at most 255 bytes of output)"""
@@ -81,93 +106,44 @@ MAX_FRAME_BYTES = 1 << 26
 """largest frame (C * H * W bytes) accepted from outside: 64 MiB, far above any pixel frame"""
 
 
-@dataclass(frozen=True)
-class CodecSpec:
-    """How a codec predicts and compresses frames."""
-
-    name: str
-    structure: str
-    """raw | key | chain | tree | star"""
-    group: int = 16
-    """K: an intra frame every K frames"""
-    anchor: int = 4
-    """M (tree only): an anchor every M frames"""
-    hc_level: int = 9
-    """LZ4-HC level (0: plain LZ4 fast mode)"""
-    predict: str = "residual"
-    """residual | dict: how a frame is coded against its reference (module docstring)"""
-
-    def by_dict(self, frame_bytes: int) -> bool:
-        """Whether frames of ``frame_bytes`` are dictionary-coded: LZ4 reaches back at most
-        65,535 bytes, so larger frames (above 3x147x147) could not use their reference and are
-        residual-coded instead (84x84 RGB is 21,168 bytes)."""
-        return self.predict == "dict" and frame_bytes <= _LZ4_MAX_OFFSET
-
-    def refs(self, t: np.ndarray) -> np.ndarray:
-        """Reference frame of each frame index ``t`` (int64 array); -1 for intra frames."""
-        t = np.asarray(t, dtype=np.int64)
-        k = self.group
-        if self.structure == "raw":
-            return np.full_like(t, -1)
-        pos = t % k
-        if self.structure == "key":
-            ref = t - pos
-        elif self.structure == "chain":
-            ref = t - 1
-        elif self.structure == "tree":
-            m = self.anchor
-            ref = np.where(t % m == 0, t - m, t - 1)
-        elif self.structure == "star":
-            ref = np.where(t % self.anchor == 0, t - pos, t - 1)
-        else:  # pragma: no cover - guarded by the CODECS table
-            raise ValueError(self.structure)
-        return np.where(pos == 0, -1, ref)
-
-    def depth(self, t: np.ndarray) -> np.ndarray:
-        """Number of residuals between frame ``t`` and its intra frame."""
-        t = np.asarray(t, dtype=np.int64)
-        if self.structure == "raw":
-            return np.zeros_like(t)
-        pos = t % self.group
-        if self.structure == "key":
-            return (pos != 0).astype(np.int64)
-        if self.structure == "chain":
-            return pos
-        m = self.anchor
-        if self.structure == "star":
-            return (pos >= m).astype(np.int64) + pos % m
-        return pos // m + pos % m
-
-    @property
-    def max_depth(self) -> int:
-        return int(self.depth(np.arange(self.group)).max())
+def reference_frames(spec: CodecSpec, t: np.ndarray) -> np.ndarray:
+    """Reference frame of each frame index ``t`` (int64 array) under ``spec``'s structure (the
+    module docstring); -1 for intra frames."""
+    t = np.asarray(t, dtype=np.int64)
+    if spec.structure == "raw":
+        return np.full_like(t, -1)
+    pos = t % spec.group  # position in the group; 0: the intra frame
+    m = spec.anchor
+    if spec.structure == "key":
+        ref = t - pos
+    elif spec.structure == "chain":
+        ref = t - 1
+    elif spec.structure == "tree":
+        ref = np.where(t % m == 0, t - m, t - 1)
+    else:  # star (CodecSpec checks the structure)
+        ref = np.where(t % m == 0, t - pos, t - 1)
+    return np.where(pos == 0, -1, ref)
 
 
-_SPECS = {
-    spec.name: spec
-    for spec in (
-        CodecSpec("raw", "raw", group=1),
-        CodecSpec("lz4d-star32", "star", group=32, anchor=4, predict="dict"),
-        CodecSpec("lz4-key16", "key", group=16),
-        CodecSpec("lz4-tree", "tree", group=16, anchor=4),
-        CodecSpec("lz4-chain16", "chain", group=16),
-        CodecSpec("lz4-chain8", "chain", group=8),
-        CodecSpec("lz4-key8", "key", group=8),
-        CodecSpec("lz4-tree32", "tree", group=32, anchor=4),
-    )
-}
-CODECS: tuple[str, ...] = tuple(_SPECS)
-DEFAULT_CODEC = "lz4d-star32"
+def reference_depth(spec: CodecSpec, t: np.ndarray) -> np.ndarray:
+    """Number of predicted frames between frame ``t`` and its intra frame, ``t`` included (the
+    decodes a frame needs, less one)."""
+    t = np.asarray(t, dtype=np.int64)
+    if spec.structure == "raw":
+        return np.zeros_like(t)
+    pos = t % spec.group
+    m = spec.anchor
+    if spec.structure == "key":
+        return (pos != 0).astype(np.int64)
+    if spec.structure == "chain":
+        return pos
+    if spec.structure == "star":
+        return (pos >= m).astype(np.int64) + pos % m
+    return pos // m + pos % m  # tree
 
 
-def codec_spec(name: str) -> CodecSpec:
-    """The :class:`CodecSpec` of ``name``; ValueError names the choices."""
-    try:
-        return _SPECS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown frame codec {name!r}; choose one of {', '.join(CODECS)}"
-        ) from None
+def _max_depth(spec: CodecSpec) -> int:
+    return int(reference_depth(spec, np.arange(spec.group)).max())
 
 
 def _to_planes(frames: np.ndarray) -> np.ndarray:
@@ -302,7 +278,7 @@ class FrameEncoder:
         else:
             planes = _to_planes(frames)
             t = np.arange(start, start + len(frames))
-            refs = spec.refs(t)
+            refs = reference_frames(spec, t)
             by_dict = spec.by_dict(int(np.prod(self.frame_shape)))
             for i, (ti, ri) in enumerate(zip(t.tolist(), refs.tolist(), strict=True)):
                 cur = planes[i]
@@ -423,9 +399,6 @@ class EpisodeFrames:
         return decode_windows([self], np.zeros(1, np.int64), indices[None, :])[0]
 
 
-FrameDecoder = EpisodeFrames
-
-
 def _reconstruct_numpy(
     src: np.ndarray,
     size: np.ndarray,
@@ -446,9 +419,9 @@ def _reconstruct_numpy(
         src.tolist(), size.tolist(), home.tolist(), ref_home.tolist(), strict=True
     ):
         if by_dict and r >= 0:
-            got = _lz4_decompress_dict(a, base + h * width, n, width, base + r * width, width)
+            got = lz4_decompress_dict(a, base + h * width, n, width, base + r * width, width)
         else:
-            got = _lz4_decompress_safe(a, base + h * width, n, width)
+            got = lz4_decompress(a, base + h * width, n, width)
         if got != width:
             raise ValueError("corrupt LZ4 frame in replay")
     if rgb:
@@ -471,173 +444,10 @@ def _reconstruct_numpy(
         buf[sel] += buf[ref_home[level == d]]
 
 
-_reconstruct = _reconstruct_numpy
-_reconstruct_into: Any = None  # the numba kernel that decodes straight into output arrays
-try:  # numba fuses decompression, channel transform and reference add: one pass per frame
-    import numba as _numba
-
-    _lz4_ptr = ctypes.CFUNCTYPE(
-        ctypes.c_int, ctypes.c_ssize_t, ctypes.c_ssize_t, ctypes.c_int, ctypes.c_int
-    )(ctypes.cast(_lz4_decompress_safe, ctypes.c_void_p).value)
-    _lz4_dict_ptr = ctypes.CFUNCTYPE(
-        ctypes.c_int,
-        ctypes.c_ssize_t,
-        ctypes.c_ssize_t,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_ssize_t,
-        ctypes.c_int,
-    )(ctypes.cast(_lz4_decompress_dict, ctypes.c_void_p).value)
-
-    @_numba.njit(nogil=True, inline="always")
-    def _from_planes_row(p, plane):  # pragma: no cover - jitted
-        # inlined: as a call, this loop ran 20x slower in the by-dictionary kernel
-        for j in range(plane):
-            g = p[plane + j]
-            p[j] += g
-            p[2 * plane + j] += g
-
-    @_numba.njit(nogil=True)
-    def _reconstruct_kernel(src, size, home, ref_home, buf, rgb, by_dict):  # pragma: no cover
-        width = buf.shape[1]
-        plane = width // 3
-        base = buf.ctypes.data
-        if by_dict:
-            for i in range(home.size):
-                d = base + home[i] * width
-                r = ref_home[i]
-                if r >= 0:
-                    got = _lz4_dict_ptr(src[i], d, size[i], width, base + r * width, width)
-                else:
-                    got = _lz4_ptr(src[i], d, size[i], width)
-                if got != width:
-                    return i
-            if rgb:
-                for k in range(buf.shape[0]):
-                    _from_planes_row(buf[k], plane)
-            return -1
-        for i in range(home.size):
-            h = home[i]
-            if _lz4_ptr(src[i], base + h * width, size[i], width) != width:
-                return i
-            p = buf[h]
-            if rgb:
-                _from_planes_row(p, plane)
-            r = ref_home[i]
-            if r >= 0:
-                q = buf[r]
-                for j in range(width):
-                    p[j] += q[j]
-        return -1
-
-    def _reconstruct_numba(src, size, home, ref_home, buf, rgb, by_dict=False):
-        if _reconstruct_kernel(src, size, home, ref_home, buf, rgb, by_dict) >= 0:
-            raise ValueError("corrupt LZ4 frame in replay")
-
-    _reconstruct = _reconstruct_numba
-
-    @_numba.njit(nogil=True)
-    def _row(a, b, s, w, r):  # pragma: no cover - jitted
-        if w == 0:
-            return a[r]
-        if w == 1:
-            return b[r]
-        return s[r]
-
-    @_numba.njit(nogil=True, inline="always")
-    def _copy_dup(a, b, s, dups, k):  # pragma: no cover - jitted
-        p = _row(a, b, s, dups[0, k], dups[1, k])
-        q = _row(a, b, s, dups[2, k], dups[3, k])
-        for j in range(p.size):
-            p[j] = q[j]
-
-    @_numba.njit(nogil=True)
-    def _reconstruct_into_kernel(
-        src, size, rows, dups, a, b, s, rgb, by_dict, item_end, dup_end
-    ):  # pragma: no cover - jitted
-        """``rows``: int64 [4, items] home array, home row, reference array, reference row
-        (array -1: no reference); ``dups``: int64 [4, dups] the same for duplicate rows."""
-        width = a.shape[1]
-        plane = width // 3
-        if by_dict:
-            # window by window, in the channel-transformed domain (references are decoded
-            # frames as coded); each window's output rows are transformed back while cached
-            nb = item_end.size
-            wa, wb = a.shape[0] // nb, b.shape[0] // nb
-            i = 0
-            k = 0
-            for win in range(nb):
-                while i < item_end[win]:
-                    p = _row(a, b, s, rows[0, i], rows[1, i])
-                    if rows[2, i] >= 0:
-                        q = _row(a, b, s, rows[2, i], rows[3, i])
-                        got = _lz4_dict_ptr(
-                            src[i], p.ctypes.data, size[i], width, q.ctypes.data, width
-                        )
-                    else:
-                        got = _lz4_ptr(src[i], p.ctypes.data, size[i], width)
-                    if got != width:
-                        return i
-                    i += 1
-                while k < dup_end[win]:
-                    _copy_dup(a, b, s, dups, k)
-                    k += 1
-                if rgb:
-                    for r in range(win * wa, (win + 1) * wa):
-                        _from_planes_row(a[r], plane)
-                    for r in range(win * wb, (win + 1) * wb):
-                        _from_planes_row(b[r], plane)
-            return -1
-        for i in range(src.size):
-            p = _row(a, b, s, rows[0, i], rows[1, i])
-            if _lz4_ptr(src[i], p.ctypes.data, size[i], width) != width:
-                return i
-            if rgb:
-                _from_planes_row(p, plane)
-            if rows[2, i] >= 0:
-                q = _row(a, b, s, rows[2, i], rows[3, i])
-                for j in range(width):
-                    p[j] += q[j]
-        for k in range(dups.shape[1]):
-            _copy_dup(a, b, s, dups, k)
-        return -1
-
-    _reconstruct_into = _reconstruct_into_kernel
-
-    @_numba.njit(nogil=True)
-    def _check_kernel(src, size, has_ref, work, by_dict):  # pragma: no cover - jitted
-        width = work.shape[1]
-        dictionary = work[0].ctypes.data
-        out = work[1].ctypes.data
-        for i in range(src.size):
-            if by_dict and has_ref[i]:
-                got = _lz4_dict_ptr(src[i], out, size[i], width, dictionary, width)
-            else:
-                got = _lz4_ptr(src[i], out, size[i], width)
-            if got != width:
-                return i
-        return -1
-
-    _check = _check_kernel
-except ImportError:  # pragma: no cover - numba is optional
-    pass
-
-
-def _check_numpy(src, size, has_ref, work, by_dict) -> int:
-    width = work.shape[1]
-    dictionary, out = work[0].ctypes.data, work[1].ctypes.data
-    for i, (a, n, r) in enumerate(zip(src.tolist(), size.tolist(), has_ref.tolist(), strict=True)):
-        if by_dict and r:
-            got = _lz4_decompress_dict(a, out, n, width, dictionary, width)
-        else:
-            got = _lz4_decompress_safe(a, out, n, width)
-        if got != width:
-            return i
-    return -1
-
-
-if "_check" not in globals():  # pragma: no cover - numba is optional
-    _check = _check_numpy
+_reconstruct = reconstruct_numba or _reconstruct_numpy
+"""decodes a plan's items into the rows of one array (tests swap it for the numpy version)"""
+_reconstruct_numba = reconstruct_numba
+_reconstruct_into = reconstruct_into  # straight into output arrays (None without numba)
 
 
 def undecodable_frame(
@@ -672,9 +482,9 @@ def undecodable_frame(
         return int(short[0])
     data = np.frombuffer(payload, np.uint8)
     src = data.ctypes.data + np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    has_ref = spec.refs(np.arange(first_frame, first_frame + sizes.size)) >= 0
+    has_ref = reference_frames(spec, np.arange(first_frame, first_frame + sizes.size)) >= 0
     work = np.zeros((2, width), np.uint8)
-    return int(_check(src, sizes, has_ref, work, spec.by_dict(width)))
+    return int(check_blocks(src, sizes, has_ref, work, spec.by_dict(width)))
 
 
 @dataclass
@@ -730,9 +540,9 @@ def _plan(
     mask = np.zeros((nb, span), bool)
     rows = np.repeat(np.arange(nb), nw)
     cur = frame_idx.reshape(-1)
-    for _ in range(spec.max_depth + 1):
+    for _ in range(_max_depth(spec) + 1):
         mask[rows, cur - lo[rows]] = True
-        cur = spec.refs(cur)
+        cur = reference_frames(spec, cur)
         live = cur >= 0
         if not live.any():
             break
@@ -757,7 +567,7 @@ def _plan(
     else:
         home[scratch] = nrows + np.arange(scratch.size)
         nscratch = int(scratch.size)
-    ref_t = spec.refs(item_t)
+    ref_t = reference_frames(spec, item_t)
     ref_home = np.where(
         ref_t >= 0, home[rowmap[item_b, np.where(ref_t >= 0, ref_t, item_t) - lo[item_b]]], -1
     )
@@ -856,18 +666,25 @@ def decode_windows_into(
             )
             start += width
         return scratch
-    # virtual row -> (array, row): outputs 0 and 1, scratch 2
+    # the kernel addresses a frame as (array, row): plan rows 0 .. nrows - 1 are window b's
+    # column j, which lies in output FIRST or SECOND; rows from nrows on are SCRATCH rows
     width_arr = np.array(widths)
-    col_w = np.repeat(np.arange(len(outs)), widths)
-    col_off = np.arange(nw) - np.repeat(np.cumsum(width_arr) - width_arr, widths)
-    col_width = width_arr[col_w]
+    col_array = FIRST + np.repeat(np.arange(len(outs)), widths)
+    col_offset = np.arange(nw) - np.repeat(np.cumsum(width_arr) - width_arr, widths)
+    col_width = width_arr[col_array - FIRST]
 
     def locate(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         in_scratch = rows >= plan.nrows
         b, j = np.divmod(np.clip(rows, 0, plan.nrows - 1), nw)
-        where = np.where(in_scratch, 2, col_w[j])
-        row = np.where(in_scratch, rows - plan.nrows, b * col_width[j] + col_off[j])
-        return np.where(rows < 0, -1, where), row
+        array = np.where(in_scratch, SCRATCH, col_array[j])
+        row = np.where(in_scratch, rows - plan.nrows, b * col_width[j] + col_offset[j])
+        return np.where(rows < 0, NOWHERE, array), row
+
+    def placement(dest: np.ndarray, source: np.ndarray) -> np.ndarray:
+        table = np.empty((4, dest.size), np.int64)
+        table[DEST_ARRAY], table[DEST_ROW] = locate(dest)
+        table[SRC_ARRAY], table[SRC_ROW] = locate(source)
+        return table
 
     need = plan.nscratch * fb
     if need and (scratch is None or scratch.size < need):
@@ -876,13 +693,11 @@ def decode_windows_into(
     arrays = [out.reshape(-1, fb) for out in outs]
     if len(arrays) == 1:
         arrays.append(np.empty((0, fb), np.uint8))
-    rows = np.stack([*locate(plan.home), *locate(plan.ref_home)])
-    dups = np.stack([*locate(plan.dup), *locate(plan.dup_src)])
     failed = _reconstruct_into(
         plan.src,
         plan.size,
-        rows,
-        dups,
+        placement(plan.home, plan.ref_home),  # each item, decoded against its reference
+        placement(plan.dup, plan.dup_src),  # output rows that repeat another
         arrays[0],
         arrays[1],
         work.reshape(-1, fb),

@@ -90,60 +90,81 @@ def _quantise(a):  # pragma: no cover - jitted
     return 11
 
 
-def _shift_low(st, buf):  # pragma: no cover - jitted
-    """Range encoder: emit the top byte of ``low`` (through the carry cache)."""
-    low = st[0]
+# The range coder's state: one int64 array, so that the jitted helpers update it in place, read
+# through these names. The coder narrows an interval [low, low + range) of 32-bit numbers for each
+# binary decision, emitting (encoder) or reading (decoder) a byte whenever range drops below 2^24.
+_LOW = 0
+"""encoder: low end of the interval (33 bits: bit 32 is a carry into bytes already emitted)"""
+_CODE = 0
+"""decoder: the code value read so far, relative to the interval's low end"""
+_RANGE = 1
+"""width of the interval, kept in [2^24, 2^32)"""
+_CACHE = 2
+"""encoder: the last byte computed but held back, since a carry may still add 1 to it"""
+_CACHE_SIZE = 3
+"""encoder: 1 + the number of 0xFF bytes held back after the cached byte (a carry flips them)"""
+_POS = 4
+"""bytes written (encoder) or read (decoder) so far"""
+_CODER_FIELDS = 5
+
+
+def _shift_low(coder, buf):  # pragma: no cover - jitted
+    """Range encoder: move the top byte of ``low`` out. A byte below 0xFF (or a carry) settles
+    the cached byte and the 0xFF bytes after it, which are written (plus the carry); a 0xFF
+    byte without carry is held back too, as a later carry would turn it into 0x00."""
+    low = coder[_LOW]
     if low < 0xFF000000 or low >= (1 << 32):
         carry = low >> 32
-        temp = st[2]
+        byte = coder[_CACHE]
         while True:
-            if st[4] < buf.size:
-                buf[st[4]] = (temp + carry) & 0xFF
-            st[4] += 1
-            temp = 0xFF
-            st[3] -= 1
-            if st[3] == 0:
+            if coder[_POS] < buf.size:
+                buf[coder[_POS]] = (byte + carry) & 0xFF
+            coder[_POS] += 1
+            byte = 0xFF
+            coder[_CACHE_SIZE] -= 1
+            if coder[_CACHE_SIZE] == 0:
                 break
-        st[2] = (low >> 24) & 0xFF
-    st[3] += 1
-    st[0] = (low & 0x00FFFFFF) << 8
+        coder[_CACHE] = (low >> 24) & 0xFF
+    coder[_CACHE_SIZE] += 1
+    coder[_LOW] = (low & 0x00FFFFFF) << 8
 
 
-def _bit(st, buf, probs, idx, bit, decode):  # pragma: no cover - jitted
-    """Code one binary decision with adaptive probability ``probs[idx]`` (of a 0).
+def _bit(coder, buf, probs, idx, bit, decode):  # pragma: no cover - jitted
+    """Code one binary decision with adaptive probability ``probs[idx]`` (of a 0, in units of
+    2^-12): the interval is split at ``bound``, 0 below and 1 above, then the probability moves
+    1/32 of the way towards the decision.
 
     Encoding writes ``bit`` and returns it; decoding ignores ``bit`` and returns the decoded
-    one. ``st``: encoder [low, range, cache, cache_size, pos]; decoder [code, range, -, -, pos].
-    """
+    one. ``coder``: the range coder's state (``_LOW`` ... ``_POS``)."""
     p = probs[idx]
-    rng = st[1]
+    rng = coder[_RANGE]
     bound = (rng >> _PROB_BITS) * p
     if decode:
-        if st[0] < bound:
-            st[1] = bound
+        if coder[_CODE] < bound:
+            coder[_RANGE] = bound
             probs[idx] = p + (((1 << _PROB_BITS) - p) >> _ADAPT)
             bit = 0
         else:
-            st[0] -= bound
-            st[1] = rng - bound
+            coder[_CODE] -= bound
+            coder[_RANGE] = rng - bound
             probs[idx] = p - (p >> _ADAPT)
             bit = 1
-        while st[1] < (1 << 24):
-            st[1] <<= 8
-            byte = buf[st[4]] if st[4] < buf.size else 0
-            st[4] += 1
-            st[0] = ((st[0] << 8) | byte) & 0xFFFFFFFF
+        while coder[_RANGE] < (1 << 24):  # renormalise: read the next byte
+            coder[_RANGE] <<= 8
+            byte = buf[coder[_POS]] if coder[_POS] < buf.size else 0
+            coder[_POS] += 1
+            coder[_CODE] = ((coder[_CODE] << 8) | byte) & 0xFFFFFFFF
     else:
         if bit == 0:
-            st[1] = bound
+            coder[_RANGE] = bound
             probs[idx] = p + (((1 << _PROB_BITS) - p) >> _ADAPT)
         else:
-            st[0] += bound
-            st[1] = rng - bound
+            coder[_LOW] += bound
+            coder[_RANGE] = rng - bound
             probs[idx] = p - (p >> _ADAPT)
-        while st[1] < (1 << 24):
-            st[1] <<= 8
-            _shift_low(st, buf)
+        while coder[_RANGE] < (1 << 24):  # renormalise: emit a byte
+            coder[_RANGE] <<= 8
+            _shift_low(coder, buf)
     return bit
 
 
@@ -182,15 +203,21 @@ def _make_kernel(decode):
         the bytes written, which exceed ``buf.size`` when it was too small) or decode ``buf`` into
         ``planes`` (returns the bytes consumed)."""
         nf, nc, h, w = planes.shape
-        st = np.zeros(5, np.int64)
-        st[1] = 0xFFFFFFFF
-        if decode:
+        coder = np.zeros(_CODER_FIELDS, np.int64)
+        coder[_RANGE] = 0xFFFFFFFF
+        if decode:  # 5 bytes: the first (the encoder's initial cache, 0) shifts out of the 32 bits
             for _ in range(5):
-                byte = buf[st[4]] if st[4] < buf.size else 0
-                st[4] += 1
-                st[0] = ((st[0] << 8) | byte) & 0xFFFFFFFF
+                byte = buf[coder[_POS]] if coder[_POS] < buf.size else 0
+                coder[_POS] += 1
+                coder[_CODE] = ((coder[_CODE] << 8) | byte) & 0xFFFFFFFF
         else:
-            st[3] = 1
+            coder[_CACHE_SIZE] = 1
+        # Adaptive probabilities, all starting at 1/2. A context `ctx` is (intra or not,
+        # channel, quantised activity of the errors around, quantised side error), nctx in all:
+        # p_zero[ctx]: e == 0; p_sign[ctx * 3 + s]: e < 0, s the sign of the left plus upper
+        # errors; p_exp[ctx * 8 + k]: |e| >= 2^(k + 1), given |e| >= 2^k (a unary exponent);
+        # p_man: the mantissa bits below the exponent's, per (channel, exponent): the top two by
+        # the bits before them (prefix v, 1..7), the others by their position j (0..7).
         nctx = 2 * nc * _NQ * _NQ
         half = np.int32(1 << (_PROB_BITS - 1))
         p_zero = np.full(nctx, half, np.int32)
@@ -211,6 +238,8 @@ def _make_kernel(decode):
                 c = order[ci]
                 for y in range(h):
                     for x in range(w):
+                        # predict the pixel: the median edge detector in frame 0, else the
+                        # predictor whose errors were smallest around it (decoder: the same)
                         if intra:
                             a = np.int32(planes[f, c, y, x - 1]) if x > 0 else 0
                             b = np.int32(planes[f, c, y - 1, x]) if y > 0 else a
@@ -234,6 +263,8 @@ def _make_kernel(decode):
                             pred = _predict(planes, f, c, y, x, choice)
                         else:
                             pred = np.int32(planes[f - 1, c, y, x])
+                        # context: errors left, up, upper-left, upper-right of this frame,
+                        # the same pixel's in the previous frame, green's here (red and blue)
                         el = cur_err[c, y + 1, x]
                         eu = cur_err[c, y, x + 1]
                         eul = cur_err[c, y, x]
@@ -248,15 +279,21 @@ def _make_kernel(decode):
                             e = (np.int32(planes[f, c, y, x]) - pred) & 0xFF
                             if e >= 128:
                                 e -= 256
-                        if _bit(st, buf, p_zero, ctx, 1 if e != 0 else 0, decode):
+                        # the error, binarised: zero?, sign, exponent (unary), mantissa
+                        if _bit(coder, buf, p_zero, ctx, 1 if e != 0 else 0, decode):
                             around = el + eu
                             sctx = ctx * 3 + (0 if around == 0 else (1 if around > 0 else 2))
-                            negative = _bit(st, buf, p_sign, sctx, 1 if e < 0 else 0, decode)
+                            negative = _bit(coder, buf, p_sign, sctx, 1 if e < 0 else 0, decode)
                             m = abs(e)
                             k = 0
                             while k < 7:
                                 if _bit(
-                                    st, buf, p_exp, ctx * 8 + k, 1 if (m >> (k + 1)) else 0, decode
+                                    coder,
+                                    buf,
+                                    p_exp,
+                                    ctx * 8 + k,
+                                    1 if (m >> (k + 1)) else 0,
+                                    decode,
                                 ):
                                     k += 1
                                 else:
@@ -267,13 +304,13 @@ def _make_kernel(decode):
                                     idx = ((ci * 8 + k) * 2) * 8 + v
                                 else:
                                     idx = ((ci * 8 + k) * 2 + 1) * 8 + j
-                                v = 2 * v + _bit(st, buf, p_man, idx, (m >> j) & 1, decode)
+                                v = 2 * v + _bit(coder, buf, p_man, idx, (m >> j) & 1, decode)
                             e = -v if negative else v
                         if decode:
                             planes[f, c, y, x] = (pred + e) & 0xFF
                         e = ((e + 128) & 0xFF) - 128
                         cur_err[c, y + 1, x + 1] = e
-                        if not intra:
+                        if not intra:  # every predictor's error here, for the next pixels' pick
                             value = np.int32(planes[f, c, y, x])
                             for k in range(_NPRED):
                                 miss = (
@@ -284,10 +321,10 @@ def _make_kernel(decode):
                 for y in range(h):
                     for x in range(w):
                         prev_err[c, y, x] = 0 if intra else cur_err[c, y + 1, x + 1]
-        if not decode:
+        if not decode:  # flush: the cached byte and the four bytes of low
             for _ in range(5):
-                _shift_low(st, buf)
-        return st[4]
+                _shift_low(coder, buf)
+        return coder[_POS]
 
     return kernel
 

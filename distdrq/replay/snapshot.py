@@ -261,7 +261,7 @@ class SnapshotStore:
     def save(self, state: dict[str, Any], sequence: int) -> Path:
         """Write snapshot number ``sequence`` (e.g. the inserted-transition count); its header
         records the replay transitions and episodes of ``state`` (or of ``state["shard"]``)."""
-        from distdrq.replay.shard import state_counts  # the shard module is heavier
+        from distdrq.replay.state import state_counts  # the replay state module is heavier
 
         path = self.directory / f"snapshot_{sequence:012d}.ddrq"
         counts = state_counts(state)

@@ -12,18 +12,23 @@ import torch
 from torch import nn
 
 from distdrq.agent import (
+    ALGORITHMS,
+    Agent,
+    DrQAgent,
     DrQV2Agent,
     Encoder,
+    Policy,
     RandomShiftsAug,
     TruncatedNormal,
     TwinQ,
     batch_to_tensors,
     make_agent,
     random_shifts,
+    register,
     shift_crop,
     shift_grid_sample,
 )
-from distdrq.config import AgentConfig, LinearSchedule
+from distdrq.config import AgentConfig, ConfigError, LinearSchedule, load_config
 from distdrq.types import Batch
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
@@ -360,3 +365,61 @@ def test_compiled_agent_matches_eager() -> None:
     for key in m1:
         assert m2[key] == pytest.approx(m1[key], rel=1e-4, abs=1e-5), key
     assert "_orig_mod" not in "".join(compiled.state_dict()["critic"])
+
+
+# ---- the algorithm registry
+
+
+class _ToyAgent(DrQV2Agent):
+    """An algorithm registered by a test: DrQ-v2's update on pixels in [0, 1]."""
+
+    pixel_offset = 0.0
+
+
+@pytest.fixture
+def toy_algorithm():
+    register("toy", _ToyAgent)
+    yield "toy"
+    del ALGORITHMS["toy"]
+
+
+def test_the_agents_are_siblings_on_one_base() -> None:
+    assert dict(ALGORITHMS) == {"drqv2": DrQV2Agent, "drq": DrQAgent}
+    for cls in ALGORITHMS.values():
+        assert cls.__bases__ == (Agent,)
+        assert "__init__" not in vars(cls)  # the base builds; the algorithm adds (build_extra)
+
+
+def test_a_registered_algorithm_is_selectable_by_name(toy_algorithm: str) -> None:
+    cfg = load_config("cheetah_run", overrides=[f"agent.algo={toy_algorithm}"])
+    assert cfg.agent.algo == "toy" and cfg.agent.lr == 1e-4  # no algorithm preset: defaults
+    small = tiny_cfg(algo=toy_algorithm)
+    agent = make_agent(OBS_SHAPE, ACTION_DIM, small)
+    assert type(agent) is _ToyAgent and agent.encoder.pixel_offset == 0.0
+    agent.update(random_batch(), step=0)
+    policy = Policy(OBS_SHAPE, ACTION_DIM, small)  # the env actors' copy follows the registry
+    assert policy.encoder.pixel_offset == 0.0
+    policy.load_policy_state_dict(agent.policy_state_dict(), version=1)
+    obs = random_batch(seed=2).obs[0]
+    np.testing.assert_allclose(policy.act(obs, 1000, True), agent.act(obs, 1000, True), rtol=1e-5)
+    with pytest.raises(ConfigError) as info:
+        load_config("cheetah_run", overrides=["agent.algo=tyo"])
+    assert str(info.value) == "agent.algo='tyo' is not allowed; choose one of: drqv2, drq, toy"
+
+
+def test_an_unknown_algorithm_is_the_same_one_line_error_everywhere() -> None:
+    cfg = tiny_cfg(algo="ppo")
+    for build in (
+        lambda: load_config("cheetah_run", overrides=["agent.algo=ppo"]),
+        lambda: make_agent(OBS_SHAPE, ACTION_DIM, cfg),
+        lambda: Policy(OBS_SHAPE, ACTION_DIM, cfg),
+    ):
+        with pytest.raises(ConfigError) as info:
+            build()
+        assert str(info.value) == "agent.algo='ppo' is not allowed; choose one of: drqv2, drq"
+
+
+def test_register_takes_agent_classes_only() -> None:
+    with pytest.raises(TypeError, match="not an Agent subclass"):
+        register("toy", object)  # type: ignore[arg-type]
+    assert "toy" not in ALGORITHMS

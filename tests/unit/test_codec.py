@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,12 +13,14 @@ from hypothesis import strategies as st
 
 import distdrq.replay.codec as codec_mod
 from distdrq.replay.codec import (
-    CODECS,
     EncodedFrames,
     EpisodeFrames,
     FrameEncoder,
     decode_windows,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from codec_experiments import ALL_CODECS  # noqa: E402  (shipped and experimental: all decode)
 
 RECONSTRUCTORS = [codec_mod._reconstruct_numpy]
 if codec_mod._reconstruct is not codec_mod._reconstruct_numpy:
@@ -58,7 +62,7 @@ def reconstructor(request, monkeypatch):
 
 @settings(max_examples=25, deadline=None)
 @given(
-    codec=st.sampled_from(CODECS),
+    codec=st.sampled_from(ALL_CODECS),
     n=st.integers(1, 40),
     shape=st.sampled_from([(3, 5, 7), (1, 6, 6), (3, 12, 9), (1, 1, 1)]),
     cuts=st.lists(st.integers(1, 39), max_size=6),
@@ -85,7 +89,7 @@ def test_random_frames_roundtrip(codec, n, shape, cuts, seed, random):
             codec_mod._reconstruct = saved
 
 
-@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("codec", ALL_CODECS)
 def test_windows_match_per_frame_decode(codec, reconstructor):
     """Clamped windows over several episodes of different lengths, all sharing codec."""
     rng = np.random.default_rng(0)
@@ -118,7 +122,7 @@ def rendered() -> np.ndarray:
     return np.stack(frames)
 
 
-@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("codec", ALL_CODECS)
 def test_real_frames(codec, rendered, reconstructor):
     ep = store(codec, rendered, [1, 2, 9, 20])
     np.testing.assert_array_equal(ep.decode(np.arange(len(rendered))), rendered)

@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 
 from distdrq.config import (
+    AgentConfig,
     Config,
     ConfigError,
     LinearSchedule,
@@ -12,6 +13,7 @@ from distdrq.config import (
     field_docs,
     load_config,
     set_key,
+    validate_agent,
 )
 from distdrq.envs.tasks import TASKS
 
@@ -84,6 +86,63 @@ def test_errors_are_one_line_and_name_the_problem(overrides, task, message):
     text = str(info.value)
     assert message in text
     assert "\n" not in text
+
+
+# every rule of the agent section: the override and the one-line error it gives
+AGENT_RULES = [
+    ("agent.algo=ppo", "agent.algo='ppo' is not allowed; choose one of: drqv2, drq"),
+    ("agent.encoder=resnet", "agent.encoder='resnet' is not allowed; choose one of: drqv2, nano"),
+    ("agent.lr=0", "agent.lr=0.0 must be > 0"),
+    ("agent.hidden_dim=-1", "agent.hidden_dim=-1 must be > 0"),
+    ("agent.critic_tau=0", "agent.critic_tau=0.0 must be in (0, 1]"),
+    ("agent.drq.encoder_tau=0", "agent.drq.encoder_tau=0.0 must be in (0, 1]"),
+    ("agent.drq.critic_augs=0", "agent.drq.critic_augs=0 must be > 0"),
+    ("agent.drq.log_std_max=-20",
+     "agent.drq.log_std_min=-10.0 must be < agent.drq.log_std_max=-20.0"),
+    ("agent.stddev_clip=-0.1", "agent.stddev_clip=-0.1 must be >= 0"),
+    ("agent.stddev_schedule.final=-1", "agent.stddev_schedule.final=-1.0 must be >= 0"),
+    ("agent.stddev_schedule.duration=0", "agent.stddev_schedule.duration=0 must be > 0"),
+    ("agent.num_expl_steps=-5", "agent.num_expl_steps=-5 must be >= 0"),
+    ("agent.device=gpu", "agent.device='gpu' is not a torch device; use auto, cpu, cuda or cuda:N"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        *AGENT_RULES,
+        ("replay.discount=1.5", "replay.discount=1.5 must be in (0, 1]"),
+        ("replay.nstep=0", "replay.nstep=0 must be > 0"),
+        ("env.image_size=8", "env.image_size=8 is too small; use 16 or more"),
+        ("env.camera_id=-2", "env.camera_id=-2 must be -1 (the task's default camera) or >= 0"),
+        ("distributed.learner_gpus=-0.5", "distributed.learner_gpus=-0.5 must be -1 (one GPU if"),
+        ("train.seed_frames=-1", "train.seed_frames=-1 must be >= 0"),
+    ],
+)
+def test_each_rule_is_one_line_naming_the_key_and_the_fix(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config("cheetah_run", overrides=[override])
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("override, message", AGENT_RULES)
+def test_agents_check_their_section_by_the_same_rules(override, message):
+    """validate_agent (what the agents call) gives validate's error for every agent rule."""
+    cfg = AgentConfig()
+    key, value = override.split("=")
+    set_key(Config(agent=cfg), key, value)
+    with pytest.raises(ConfigError) as info:
+        validate_agent(cfg)
+    assert str(info.value).startswith(message)
+    assert validate_agent(AgentConfig(device="cuda:1")).device == "cuda:1"  # a device, unused
+
+
+def test_agents_reject_a_bad_config_they_are_given():
+    from distdrq.agent import make_agent
+
+    cfg = AgentConfig(hidden_dim=8, feature_dim=4, device="cpu", critic_tau=2.0)
+    with pytest.raises(ConfigError, match=r"^agent.critic_tau=2.0 must be in \(0, 1\]$"):
+        make_agent((9, 32, 32), 2, cfg)
 
 
 def test_yaml_errors(tmp_path):

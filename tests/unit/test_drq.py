@@ -449,9 +449,10 @@ def test_update_runs_in_every_precision_on_cpu(precision: str) -> None:
 
 
 def test_invalid_drq_settings_are_rejected_by_the_agent() -> None:
-    with pytest.raises(ValueError, match="agent.drq.actor_update_every=0 must be >= 1"):
+    """The agent checks its section by the config's rules (validate_agent), with their words."""
+    with pytest.raises(ValueError, match="agent.drq.actor_update_every=0 must be > 0"):
         tiny_agent(actor_update_every=0)
-    with pytest.raises(ValueError, match="agent.drq.target_augs=0 must be >= 1"):
+    with pytest.raises(ValueError, match="agent.drq.target_augs=0 must be > 0"):
         tiny_agent(target_augs=0)
 
 

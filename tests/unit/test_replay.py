@@ -344,7 +344,7 @@ def test_many_evictions_compact_the_slot_index():
     for key in range(1, 2600):
         shard.insert(_tiny_chunk(key))
     assert list(shard._episodes) == [2597, 2598, 2599]
-    assert len(shard._slots) < 2000
+    assert len(shard._index.slots) < 2000
     batch = shard.sample(300)
     keys = {int(x) for x in batch.version}
     assert keys == {2597, 2598, 2599}
@@ -620,7 +620,7 @@ def test_stats_count_payload_and_index():
     payload = 101 * frame_bytes + 100 * (4 * ACTION_DIM + 4 + 4 + 8)  # finished: trimmed
     payload += 51 * frame_bytes + 50 * (4 * ACTION_DIM + 4 + 4 + 8)  # one chunk: exact size
     index = stats["stored_bytes"] - payload
-    assert 0 < index == shard._valid.nbytes + shard._cumulative.nbytes
+    assert 0 < index == shard._index.valid.nbytes + shard._index.cumulative.nbytes
     assert stats["bytes_per_transition"] == stats["stored_bytes"] / 150
     assert stats["ratio_vs_drqv2"] == pytest.approx(63_504 / stats["bytes_per_transition"])
     assert 2.9 < stats["ratio_vs_drqv2"] < 3.0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -9,6 +12,9 @@ from distdrq.replay import EpisodeWriter, ReplayShard
 from distdrq.replay.codec import CODECS, EncodedFrames, FrameEncoder
 from distdrq.replay.snapshot import read_snapshot, write_snapshot
 from distdrq.types import Batch, Chunk
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import codec_experiments  # noqa: E402, F401  (registers lz4-chain16 and lz4-tree32, used below)
 
 GAMMA = 0.9
 ACTION_DIM = 2
@@ -312,13 +318,13 @@ def test_stats_count_compressed_payload_and_index():
     assert stats["transitions"] == 130 and stats["frames"] == 133 and stats["episodes"] == 3
     per_transition = 4 * ACTION_DIM + 4 + 4 + 8
     expected = payload + 16 * 133 + 130 * per_transition  # payload, frame index, floats
-    expected += shard._valid.nbytes + shard._cumulative.nbytes
+    expected += shard._index.valid.nbytes + shard._index.cumulative.nbytes
     assert stats["stored_bytes"] == expected
     assert stats["stored_bytes"] >= payload
     assert stats["ratio_vs_drqv2"] == pytest.approx(63_504 / stats["bytes_per_transition"])
     # the shard that encodes itself also counts its encoder's reference frames
     raw_stats = raw_shard.stats()
-    assert raw_stats["stored_bytes"] >= expected - shard._cumulative.nbytes
+    assert raw_stats["stored_bytes"] >= expected - shard._index.cumulative.nbytes
     open_episode = raw_shard._episodes[3].frames
     assert open_episode._encoder is not None and open_episode.nbytes > open_episode.episode.nbytes()
 
