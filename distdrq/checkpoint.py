@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from distdrq.atomic import atomic_open
+from distdrq.atomic import atomic_open, newest_intact
 from distdrq.types import SkippedFile
 
 FORMAT = "distdrq-checkpoint"
@@ -235,32 +235,38 @@ def load_latest(
         raise CheckpointError(
             f"no checkpoint in {checkpoint_dir(run_dir)}; start a new run without --resume"
         )
-    found: list[SkippedFile] = []
-    for n, path in enumerate(candidates):
-        parts: dict[str, dict[str, Any]] = {}
-        try:
-            state, parts = load_checkpoint(path)
-            if restore is not None:
-                try:
-                    restore(state, parts)
-                except ValueError as exc:
-                    raise CheckpointError(
-                        f"checkpoint {path} does not load: {_first_line(exc)}"
-                    ) from exc
-        except CheckpointError as exc:
-            item = _set_aside(path, str(exc), parts.get("replay"))
-            found.append(item)
-            if skipped is not None:
-                skipped.append(item)
-            then = "trying the previous checkpoint" if n + 1 < len(candidates) else "none left"
-            warn(f"warning: {item.describe()}; {then}")
-            continue
-        return path, state, parts
-    raise CheckpointError(
-        f"no readable checkpoint in {checkpoint_dir(run_dir)} ({len(found)} broken: "
-        f"{found[0].reason})",
-        found,
+    replay_of: dict[Path, Any] = {}  # what a damaged checkpoint's readable replay part held
+
+    def load(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        state, parts = load_checkpoint(path)
+        replay_of[path] = parts.get("replay")
+        if restore is not None:
+            try:
+                restore(state, parts)
+            except ValueError as exc:
+                raise CheckpointError(
+                    f"checkpoint {path} does not load: {_first_line(exc)}"
+                ) from exc
+        return state, parts
+
+    found, bad = newest_intact(
+        candidates,
+        load,
+        (CheckpointError,),
+        lambda path, reason: _set_aside(path, reason, replay_of.get(path)),
+        warn,
+        "checkpoint",
     )
+    if skipped is not None:
+        skipped.extend(bad)
+    if found is None:
+        raise CheckpointError(
+            f"no readable checkpoint in {checkpoint_dir(run_dir)} ({len(bad)} broken: "
+            f"{bad[0].reason})",
+            bad,
+        )
+    path, (state, parts) = found
+    return path, state, parts
 
 
 def _set_aside(path: Path, reason: str, replay: Any) -> SkippedFile:

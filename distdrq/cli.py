@@ -197,7 +197,7 @@ def _train_overrides(args: argparse.Namespace) -> list[str]:
 
 def _resolve_run(args: argparse.Namespace) -> tuple[Config, Path]:
     """Config and run directory of a new run, or of the run given to --resume."""
-    from distdrq.trainer import CONFIG_FILE, load_run_config
+    from distdrq.run.rundir import CONFIG_FILE, load_run_config
 
     if args.resume:
         if args.task or args.config or args.run_dir:

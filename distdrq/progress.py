@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import csv
 import math
-import os
-import re
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -36,65 +33,6 @@ class CsvLog:
             if new:
                 writer.writeheader()
             writer.writerow(row)
-
-
-def _keep_rows(path: Path, keep: Callable[[dict[str, str]], bool]) -> int:
-    """Rewrite a CSV log atomically with only the rows ``keep`` accepts; rows dropped."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return 0
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        fields = list(reader.fieldnames or [])
-        rows = list(reader)
-    kept = [row for row in rows if keep(row)]
-    if len(kept) == len(rows):
-        return 0
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(kept)
-    os.replace(tmp, path)
-    return len(rows) - len(kept)
-
-
-def _frame_of(row: dict[str, str]) -> float:
-    try:
-        return float(row.get("frame") or "nan")
-    except ValueError:
-        return float("nan")
-
-
-def rollback_records(run_dir: str | Path, frame: int, last_eval_frame: int) -> list[str]:
-    """Make a run's records continue from a checkpoint as if the run had never stopped.
-
-    Rows of ``train.csv`` after the checkpoint's ``frame`` and of ``eval.csv`` after its last
-    evaluation were written by the session that died after it and will be written again by the
-    resumed one: they are dropped (no duplicates, frames never go backwards). Videos of those
-    evaluations are moved to ``videos/superseded/`` (kept, but no longer mixed in). Returns the
-    lines to show the user (none when there was nothing to undo).
-    """
-    run_dir = Path(run_dir)
-    notes = []
-    dropped = _keep_rows(run_dir / "train.csv", lambda r: not _frame_of(r) > frame)
-    if dropped:
-        notes.append(
-            f"train.csv: dropped {dropped} rows after frame {frame:,} (not in the checkpoint)"
-        )
-    dropped = _keep_rows(run_dir / "eval.csv", lambda r: not _frame_of(r) > last_eval_frame)
-    if dropped:
-        notes.append(f"eval.csv: dropped {dropped} rows after frame {last_eval_frame:,}")
-    videos = run_dir / "videos"
-    moved = 0
-    for gif in sorted(videos.glob("eval_*.gif")) if videos.is_dir() else []:
-        match = re.fullmatch(r"eval_(\d+)\.gif", gif.name)
-        if match and int(match.group(1)) > last_eval_frame:
-            (videos / "superseded").mkdir(exist_ok=True)
-            os.replace(gif, videos / "superseded" / gif.name)
-            moved += 1
-    if moved:
-        notes.append(f"videos: moved {moved} after frame {last_eval_frame:,} to videos/superseded/")
-    return notes
 
 
 def format_duration(seconds: float) -> str:

@@ -8,18 +8,14 @@ The loop is DrQ-v2's: seed frames of uniform actions, then an update every
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from distdrq.agent import make_agent
 from distdrq.checkpoint import (
@@ -29,100 +25,18 @@ from distdrq.checkpoint import (
     load_part,
     save_checkpoint,
 )
-from distdrq.config import (
-    Config,
-    ConfigError,
-    from_dict,
-    migrate_saved,
-    set_key,
-    to_dict,
-    validate,
-)
+from distdrq.config import Config, to_dict
 from distdrq.envs import make_env
-from distdrq.progress import CsvLog, ProgressDisplay, rollback_records
+from distdrq.progress import CsvLog, ProgressDisplay
 from distdrq.replay import ChunkRejected, EpisodeWriter, ReplayShard
 from distdrq.replay.shard import disk_state
-from distdrq.video import video_due, write_gif
-
-CONFIG_FILE = "config.yaml"
-
-
-@dataclass
-class Counters:
-    """Progress of a run; everything needed to continue it exactly."""
-
-    frame: int = 0
-    """env frames so far (agent steps x action repeat)"""
-    step: int = 0
-    """agent steps so far"""
-    episode: int = 0
-    """completed training episodes"""
-    updates: int = 0
-    """learner updates so far"""
-    wall_time: float = 0.0
-    """seconds spent training, summed over resumed sessions"""
-    next_eval_frame: int = 0
-    """frame at or after which the next evaluation runs"""
-    last_eval_frame: int = -1
-    """frame of the last evaluation (-1: none yet)"""
-    evaluations: int = 0
-    """evaluations run so far"""
-    next_checkpoint_frame: int = 0
-    """frame at or after which the next checkpoint is written (at an episode boundary)"""
-    last_train_return: float = float("nan")
-    """return of the last completed training episode"""
-    last_eval_return: float = float("nan")
-    """mean return of the last evaluation"""
-
-
-def save_run_config(run_dir: Path, cfg: Config) -> None:
-    """Write the resolved config of a run as YAML."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a run's saved config and apply ``key=value`` overrides (e.g. ``train.frames=...``)."""
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} is not a distdrq run directory (no {CONFIG_FILE})")
-    cfg = from_dict(migrate_saved(yaml.safe_load(path.read_text())))
-    from distdrq.config import parse_override
-
-    for text in overrides:
-        key, value = parse_override(text)
-        set_key(cfg, key, value)
-    return validate(cfg)
-
-
-def evaluate(
-    agent: Any, env: Any, episodes: int, step: int, frames: list[np.ndarray] | None = None
-) -> dict[str, float]:
-    """Run ``episodes`` episodes with the mean action; return mean and std of the returns.
-
-    ``frames``: if given, the first episode's frames are appended to it (for a video).
-    """
-    returns = []
-    for episode in range(episodes):
-        ts = env.reset()
-        record = frames is not None and episode == 0
-        if record:
-            frames.append(ts.frame)
-        total = 0.0
-        while not ts.last:
-            with torch.no_grad():
-                action = agent.act(ts.observation, step, eval_mode=True)
-            ts = env.step(action)
-            total += ts.reward
-            if record:
-                frames.append(ts.frame)
-        returns.append(total)
-    arr = np.asarray(returns, dtype=np.float64)
-    return {
-        "eval_return": float(arr.mean()) if returns else float("nan"),
-        "eval_return_std": float(arr.std()) if returns else float("nan"),
-        "eval_episodes": len(returns),
-    }
+from distdrq.run.counters import Counters
+from distdrq.run.evaluation import evaluate_and_record
+from distdrq.run.rundir import (
+    reuse_source,
+    rollback_records,
+    save_run_config,
+)
 
 
 class Trainer:
@@ -164,21 +78,22 @@ class Trainer:
     def save(self) -> Path:
         """Checkpoint agent, optimizers, counters, RNG states and the replay contents."""
         state = {
-            "counters": dataclasses.asdict(self.counters),
+            "counters": self.counters.to_dict(),
             "config": to_dict(self.cfg),
             "agent": self.agent.state_dict(),
             "sample_rng": self.sample_rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
             "writer": {"episodes_started": self.writer.episodes_started},
         }
-        previous = None  # the newest checkpoint's replay: its coded episodes are reused
-        if self.cfg.replay.disk_codec == "cm":
-            for path in list_checkpoints(self.run_dir)[:1]:
-                with contextlib.suppress(CheckpointError):
-                    previous = load_part(path, "replay")
+        previous = reuse_source(  # the newest checkpoint's replay: its coded episodes are reused
+            self.cfg.replay.disk_codec,
+            list_checkpoints(self.run_dir),
+            lambda path: load_part(path, "replay"),
+            (CheckpointError,),
+        )
         replay = disk_state(self.replay.state_dict(), self.cfg.replay.disk_codec, previous)
         parts = {"replay": replay}
-        return save_checkpoint(self.run_dir, self.counters.frame, state, parts)
+        return save_checkpoint(self.run_dir, self.counters.frames, state, parts)
 
     def _restore(self) -> None:
         def restore(state: dict[str, Any], parts: dict[str, dict[str, Any]]) -> None:
@@ -186,38 +101,41 @@ class Trainer:
             self.agent.load_state_dict(state["agent"])
 
         path, state, parts = load_latest(self.run_dir, warn=self._messages.append, restore=restore)
-        known = {f.name for f in dataclasses.fields(Counters)}
-        self.counters = Counters(**{k: v for k, v in state["counters"].items() if k in known})
+        self.counters = Counters.from_dict(state["counters"])
         self.sample_rng.bit_generator.state = state["sample_rng"]
         torch.set_rng_state(torch.as_tensor(state["torch_rng"]))
         self.writer.episodes_started = int(state["writer"]["episodes_started"])
         self.resumed_from = path
         c = self.counters
-        self._messages.extend(rollback_records(self.run_dir, c.frame, c.last_eval_frame))
+        self._messages.extend(rollback_records(self.run_dir, c.frames, c.last_eval_frame))
 
     # -- loop -------------------------------------------------------------------------------
 
     def _eval_due(self) -> bool:
-        return self.counters.frame >= self.counters.next_eval_frame
+        return self.counters.frames >= self.counters.next_eval_frame
 
     def _run_eval(self, progress: ProgressDisplay) -> None:
-        c = self.counters
-        frames: list[np.ndarray] | None = None
-        if video_due(c.evaluations, self.cfg.train.video_every_evals):
-            frames = []
-        metrics = evaluate(self.agent, self.eval_env, self.cfg.train.eval_episodes, c.step, frames)
+        c, train = self.counters, self.cfg.train
+        metrics = evaluate_and_record(
+            self.agent,
+            self.eval_env,
+            train.eval_episodes,
+            c.steps,
+            c.frames,
+            c.evaluations,
+            train.video_every_evals,
+            self.run_dir / "videos",
+        )
         c.evaluations += 1
-        if frames:
-            write_gif(frames, self.run_dir / "videos" / f"eval_{c.frame:012d}.gif")
         c.last_eval_return = metrics["eval_return"]
-        c.last_eval_frame = c.frame
-        c.next_eval_frame = c.frame + self.cfg.train.eval_every_frames
+        c.last_eval_frame = c.frames
+        c.next_eval_frame = c.frames + self.cfg.train.eval_every_frames
         self.eval_log.write(
-            {"frame": c.frame, "step": c.step, "episode": c.episode, "wall_time": c.wall_time}
+            {"frame": c.frames, "step": c.steps, "episode": c.episodes, "wall_time": c.wall_time}
             | metrics
         )
         progress.message(
-            f"eval at frame {c.frame:,}: return {metrics['eval_return']:.1f} "
+            f"eval at frame {c.frames:,}: return {metrics['eval_return']:.1f} "
             f"± {metrics['eval_return_std']:.1f} over {metrics['eval_episodes']} episodes"
         )
 
@@ -233,7 +151,7 @@ class Trainer:
                 progress.message(text)
             if self.resumed_from is not None:
                 progress.message(
-                    f"resumed from {self.resumed_from} at frame {c.frame:,}, episode {c.episode}"
+                    f"resumed from {self.resumed_from} at frame {c.frames:,}, episode {c.episodes}"
                 )
             progress.message(
                 f"learner on {self.agent.device} ({precision_label(self.agent)}); "
@@ -244,20 +162,22 @@ class Trainer:
             ts = self.env.reset()
             self.writer.begin(ts.frame)
             episode_return = 0.0
-            last_log_frame = c.frame
+            last_log_frame = c.frames
             metrics: dict[str, float] = {}
             try:
-                while c.frame < cfg.train.frames:
+                while c.frames < cfg.train.frames:
                     if self._eval_due():
                         self._run_eval(progress)
                     # act
                     with torch.no_grad():
-                        action = self.agent.act(ts.observation, c.step, eval_mode=False)
+                        action = self.agent.act(ts.observation, c.steps, eval_mode=False)
                     # update
-                    update_due = c.step >= seed_steps and c.step % cfg.agent.update_every_steps == 0
+                    update_due = (
+                        c.steps >= seed_steps and c.steps % cfg.agent.update_every_steps == 0
+                    )
                     if update_due and self.replay.num_sampleable > 0:
                         batch = self.replay.sample(cfg.agent.batch_size, rng=self.sample_rng)
-                        metrics = self.agent.update(batch, c.step)
+                        metrics = self.agent.update(batch, c.steps)
                         c.updates += 1
                     # step
                     ts = self.env.step(action)
@@ -265,29 +185,29 @@ class Trainer:
                     chunk = self.writer.append(action, ts.reward, ts.discount, ts.frame, ts.last)
                     if chunk is not None:
                         self._insert(chunk, progress)
-                    c.step += 1
-                    c.frame += cfg.env.action_repeat
+                    c.steps += 1
+                    c.frames += cfg.env.action_repeat
                     c.wall_time = base_wall + time.monotonic() - start
                     if ts.last:
-                        c.episode += 1
+                        c.episodes += 1
                         c.last_train_return = episode_return
                         episode_return = 0.0
-                        if c.frame >= c.next_checkpoint_frame and c.frame < cfg.train.frames:
+                        if c.frames >= c.next_checkpoint_frame and c.frames < cfg.train.frames:
                             self.save()
-                            c.next_checkpoint_frame = c.frame + cfg.train.checkpoint_every_frames
+                            c.next_checkpoint_frame = c.frames + cfg.train.checkpoint_every_frames
                         ts = self.env.reset()
                         self.writer.begin(ts.frame)
-                    if c.frame - last_log_frame >= cfg.train.log_every_frames or ts.first:
-                        last_log_frame = c.frame
+                    if c.frames - last_log_frame >= cfg.train.log_every_frames or ts.first:
+                        last_log_frame = c.frames
                         self._log_train(metrics)
                     progress.update(
-                        c.frame,
+                        c.frames,
                         c.updates,
-                        episode=c.episode,
+                        episode=c.episodes,
                         train_return=_finite(c.last_train_return),
                         eval_return=_finite(c.last_eval_return),
                     )
-                if c.last_eval_frame != c.frame:  # always end with an evaluation
+                if c.last_eval_frame != c.frames:  # always end with an evaluation
                     self._run_eval(progress)
             except KeyboardInterrupt:
                 interrupted = True
@@ -297,10 +217,10 @@ class Trainer:
             c.wall_time = base_wall + time.monotonic() - start
             path = self.save()
             progress.message(
-                f"{'stopped' if interrupted else 'done'} at frame {c.frame:,} "
-                f"({c.updates:,} updates, {c.episode} episodes); checkpoint {path}"
+                f"{'stopped' if interrupted else 'done'} at frame {c.frames:,} "
+                f"({c.updates:,} updates, {c.episodes} episodes); checkpoint {path}"
             )
-        (self.run_dir / "summary.json").write_text(json.dumps(dataclasses.asdict(c), indent=2))
+        (self.run_dir / "summary.json").write_text(json.dumps(c.to_dict(), indent=2))
         return c
 
     def _insert(self, chunk: Any, progress: ProgressDisplay) -> None:
@@ -317,14 +237,14 @@ class Trainer:
         c = self.counters
         self.train_log.write(
             {
-                "frame": c.frame,
-                "step": c.step,
-                "episode": c.episode,
+                "frame": c.frames,
+                "step": c.steps,
+                "episode": c.episodes,
                 "updates": c.updates,
                 "wall_time": round(c.wall_time, 3),
                 "train_return": c.last_train_return,
                 "replay_transitions": len(self.replay),
-                "stddev": self.cfg.agent.stddev_schedule(c.step),
+                "stddev": self.cfg.agent.stddev_schedule(c.steps),
             }
             | {k: metrics.get(k, float("nan")) for k in _TRAIN_METRICS}
         )

@@ -10,32 +10,10 @@ driver reads :meth:`Coordinator.snapshot` for progress, metrics and checkpoints.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-
-@dataclass
-class RunCounters:
-    """Global progress of a distributed run (checkpointed by the driver)."""
-
-    frames: int = 0
-    """env frames over all actors (agent steps x action repeat)"""
-    episodes: int = 0
-    """completed training episodes over all actors"""
-    updates: int = 0
-    """learner updates"""
-    weight_version: int = 0
-    """newest published weight version"""
-    last_train_return: float = float("nan")
-    """return of the last completed training episode"""
-    last_eval_return: float = float("nan")
-    """mean return of the last evaluation"""
-    last_eval_frame: int = -1
-    """global frame of the last evaluation"""
-    evaluations: int = 0
-    """evaluations reported so far (videos are due every ``train.video_every_evals``)"""
-    wall_time: float = 0.0
-    """seconds of training, summed over resumed sessions"""
+from distdrq.run.counters import Counters
 
 
 @dataclass
@@ -60,8 +38,7 @@ class Coordinator:
         """``total_frames``: the frame budget; env actors are told to stop once it is reached."""
         self.run_name = run_name
         self.total_frames = total_frames
-        known = RunCounters.__dataclass_fields__
-        self.counters = RunCounters(**{k: v for k, v in (counters or {}).items() if k in known})
+        self.counters = Counters.from_dict(counters)
         self._weights: list[Any] | None = None  # [ObjectRef], wrapped so Ray does not resolve it
         self._roles: dict[str, _Role] = {}
         self._stop = False
@@ -157,7 +134,7 @@ class Coordinator:
         """Counters, per-role state and the learner's latest metrics."""
         self.counters.wall_time = self._wall_base + time.monotonic() - self._started
         return {
-            "counters": asdict(self.counters),
+            "counters": self.counters.to_dict(),
             "roles": {
                 name: {
                     "starts": r.starts,

@@ -13,10 +13,8 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 import torch
 
@@ -25,9 +23,8 @@ from distdrq.config import Config
 from distdrq.distributed.replay_actor import ReplayClient
 from distdrq.envs import make_env
 from distdrq.replay import EpisodeWriter
-from distdrq.trainer import evaluate
+from distdrq.run.evaluation import evaluate_and_record
 from distdrq.types import Chunk
-from distdrq.video import video_due, write_gif
 
 # Episode keys are writer_id << 32 | episode; writer ids must never repeat within a run, across
 # actor restarts and resumed sessions alike, because replay snapshots outlive both.
@@ -254,15 +251,18 @@ class Evaluator:
         snap = ray.get(self._coord.snapshot.remote())
         self.follower.refresh(snap["counters"]["weight_version"])
         step = frame // self.cfg.env.action_repeat
-        frames: list[np.ndarray] | None = None
-        if self.video_dir and video_due(self.evaluations, self.cfg.train.video_every_evals):
-            frames = []
-        result = evaluate(
-            self.follower.policy, self.env, self.cfg.train.eval_episodes, step, frames
+        train = self.cfg.train
+        result = evaluate_and_record(
+            self.follower.policy,
+            self.env,
+            train.eval_episodes,
+            step,
+            frame,
+            self.evaluations,
+            train.video_every_evals,
+            self.video_dir,
         )
         self.evaluations += 1
-        if frames:
-            write_gif(frames, Path(self.video_dir) / f"eval_{frame:012d}.gif")
         mean = result["eval_return"]
         extra = {"std": result["eval_return_std"], "episodes": result["eval_episodes"]}
         extra["policy_version"] = self.follower.policy.version

@@ -38,8 +38,8 @@ from distdrq.distributed.replay_actor import start_rate_limiter, start_replay_sh
 from distdrq.envs import make_env
 from distdrq.metrics import RunMetrics
 from distdrq.proctree import kill_descendants
-from distdrq.progress import CsvLog, ProgressDisplay, rollback_records
-from distdrq.trainer import save_run_config
+from distdrq.progress import CsvLog, ProgressDisplay
+from distdrq.run.rundir import rollback_records, save_run_config
 from distdrq.types import SkippedFile
 
 NAMESPACE = "distdrq"

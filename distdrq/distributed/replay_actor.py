@@ -30,6 +30,7 @@ from distdrq.replay import ChunkRejected, ReplayShard
 from distdrq.replay.ratelimit import RateLimiter, RateLimiterClosed
 from distdrq.replay.shard import disk_state
 from distdrq.replay.snapshot import SnapshotError, SnapshotStore, read_snapshot
+from distdrq.run.rundir import reuse_source
 from distdrq.types import Batch, Chunk
 
 
@@ -200,11 +201,12 @@ class ReplayServer:
                 saving = self._unsaved
             # coding the frames for disk takes a while: outside the lock, sampling goes on;
             # episodes already in the newest snapshot reuse their coded frames from it
-            previous = None
-            if self.disk_codec == "cm":
-                for path in self.snapshots.paths()[:1]:
-                    with contextlib.suppress(SnapshotError):
-                        previous = read_snapshot(path).get("shard")
+            previous = reuse_source(
+                self.disk_codec,
+                self.snapshots.paths(),
+                lambda path: read_snapshot(path).get("shard"),
+                (SnapshotError,),
+            )
             state = {"shard": disk_state(shard, self.disk_codec, previous), "limiter": limiter}
             path = self.snapshots.save(state, sequence)
             with self._lock:

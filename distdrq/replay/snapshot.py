@@ -37,7 +37,7 @@ import lz4.frame
 import msgpack
 import numpy as np
 
-from distdrq.atomic import atomic_open
+from distdrq.atomic import atomic_open, newest_intact
 from distdrq.types import SkippedFile
 
 MAGIC = b"DDRQSNAP"
@@ -285,28 +285,27 @@ class SnapshotStore:
         :attr:`skipped` (reset by each call), so that the caller can report what was lost;
         the next older snapshot is tried.
         """
-        self.skipped = []
-        candidates = self.paths()
-        for n, path in enumerate(candidates):
-            try:
-                state = read_snapshot(path)
-                if restore is not None:
-                    try:
-                        restore(state)
-                    except (ValueError, KeyError, TypeError, IndexError) as exc:
-                        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                        raise SnapshotError(f"{path} does not load: {first}") from exc
-                return path, state
-            except SnapshotError as exc:
-                skipped = self._set_aside(path, str(exc))
-                self.skipped.append(skipped)
-                then = (
-                    "trying the previous snapshot"
-                    if n + 1 < len(candidates)
-                    else "no older snapshot: starting empty"
-                )
-                warn(f"warning: {skipped.describe()}; {then}")
-        return None
+
+        def load(path: Path) -> dict[str, Any]:
+            state = read_snapshot(path)
+            if restore is not None:
+                try:
+                    restore(state)
+                except (ValueError, KeyError, TypeError, IndexError) as exc:
+                    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    raise SnapshotError(f"{path} does not load: {first}") from exc
+            return state
+
+        found, self.skipped = newest_intact(
+            self.paths(),
+            load,
+            (SnapshotError,),
+            self._set_aside,
+            warn,
+            "snapshot",
+            "no older snapshot: starting empty",
+        )
+        return found
 
     @staticmethod
     def _set_aside(path: Path, reason: str) -> SkippedFile:

@@ -48,13 +48,13 @@ def test_train_checkpoint_resume(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     assert "done at frame 400" in first.stdout
     s1 = _summary(run_dir)
-    assert s1["frame"] == 400 and s1["step"] == 200
+    assert s1["frames"] == 400 and s1["steps"] == 200
     assert s1["updates"] == (200 - 100) // 2  # seed frames 200 = 100 steps, update every 2
     ckpts = sorted((run_dir / "checkpoints").glob("ckpt_*.pt"))
     main = [p for p in ckpts if p.name.count(".") == 1]
     assert [p.name for p in main] == ["ckpt_000000000400.pt"]
     raw = torch.load(main[0], weights_only=True)  # plain data only
-    assert raw["state"]["counters"]["frame"] == 400
+    assert raw["state"]["counters"]["frames"] == 400
     assert (run_dir / "eval.csv").read_text().count("\n") >= 2  # header + evals
     assert (run_dir / "videos" / "eval_000000000000.gif").stat().st_size > 1000
 
@@ -62,7 +62,7 @@ def test_train_checkpoint_resume(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resumed from" in second.stdout and "at frame 400" in second.stdout
     s2 = _summary(run_dir)
-    assert s2["frame"] == 600 and s2["step"] == 300
+    assert s2["frames"] == 600 and s2["steps"] == 300
     assert s2["updates"] == s1["updates"] + 100 // 2
     assert s2["wall_time"] > s1["wall_time"]
     rows = (run_dir / "train.csv").read_text().splitlines()

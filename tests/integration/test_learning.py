@@ -5,7 +5,8 @@ import pytest
 
 from distdrq.config import load_config
 from distdrq.envs import make_env
-from distdrq.trainer import Trainer, evaluate
+from distdrq.run.evaluation import evaluate
+from distdrq.trainer import Trainer
 
 OVERRIDES = [
     "env.image_size=32",

@@ -61,7 +61,7 @@ def test_nano_config_trains_end_to_end(tmp_path: Path) -> None:
         counters = trainer.train()
     finally:
         trainer.close()
-    assert counters.frame == 300
+    assert counters.frames == 300
     assert counters.updates == (300 - 200) // 2  # one update per agent step after seeding
     rows = list(csv.DictReader((tmp_path / "run" / "train.csv").open()))
     last = rows[-1]

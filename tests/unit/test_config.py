@@ -189,7 +189,7 @@ def test_saved_configs_of_older_versions_still_resume(tmp_path):
     import yaml
 
     from distdrq.config import to_dict
-    from distdrq.trainer import load_run_config
+    from distdrq.run.rundir import load_run_config
 
     old = to_dict(load_config(task="cheetah_run"))
     drq = old["agent"].pop("drq")

@@ -2,7 +2,8 @@
 
 import csv
 
-from distdrq.progress import CsvLog, rollback_records
+from distdrq.progress import CsvLog
+from distdrq.run.rundir import rollback_records
 
 
 def _frames(path):

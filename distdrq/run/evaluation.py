@@ -1,0 +1,66 @@
+"""Evaluation: mean-action episodes, and the first episode as a video when one is due.
+
+Used by ``distdrq train`` between updates and by the evaluator actor of ``distdrq launch``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distdrq.video import video_due, write_gif
+
+
+def evaluate(
+    agent: Any, env: Any, episodes: int, step: int, frames: list[np.ndarray] | None = None
+) -> dict[str, float]:
+    """Run ``episodes`` episodes with the mean action; return mean and std of the returns.
+
+    ``agent`` is anything with ``act(obs, step, eval_mode)`` (a learner's agent or an actor's
+    policy copy). ``frames``: if given, the first episode's frames are appended to it.
+    """
+    returns = []
+    for episode in range(episodes):
+        ts = env.reset()
+        record = frames is not None and episode == 0
+        if record:
+            frames.append(ts.frame)
+        total = 0.0
+        while not ts.last:
+            with torch.no_grad():
+                action = agent.act(ts.observation, step, eval_mode=True)
+            ts = env.step(action)
+            total += ts.reward
+            if record:
+                frames.append(ts.frame)
+        returns.append(total)
+    arr = np.asarray(returns, dtype=np.float64)
+    return {
+        "eval_return": float(arr.mean()) if returns else float("nan"),
+        "eval_return_std": float(arr.std()) if returns else float("nan"),
+        "eval_episodes": len(returns),
+    }
+
+
+def evaluate_and_record(
+    agent: Any,
+    env: Any,
+    episodes: int,
+    step: int,
+    frame: int,
+    evaluation_index: int,
+    video_every: int,
+    video_dir: str | Path | None,
+) -> dict[str, float]:
+    """:func:`evaluate`, and ``video_dir/eval_<frame>.gif`` of its first episode when this is
+    the first or every ``video_every``-th evaluation (``video_dir`` None: never)."""
+    frames: list[np.ndarray] | None = None
+    if video_dir is not None and video_due(evaluation_index, video_every):
+        frames = []
+    result = evaluate(agent, env, episodes, step, frames)
+    if frames:
+        write_gif(frames, Path(video_dir) / f"eval_{frame:012d}.gif")  # type: ignore[arg-type]
+    return result
