@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from distdrq.distributed.messages import EnvReply, LearnerReply, LearnerReport
 from distdrq.run.counters import Counters
 
 
@@ -75,7 +76,7 @@ class Coordinator:
 
     def report_env(
         self, role: str, frames: int, returns: list[float], policy_version: int
-    ) -> dict[str, Any]:
+    ) -> EnvReply:
         """An env actor's progress since its last report; replies with what it needs to know."""
         entry = self._roles.setdefault(role, _Role())
         entry.frames += int(frames)
@@ -88,21 +89,16 @@ class Coordinator:
             self.counters.last_train_return = float(value)
             self._returns.append((self.counters.frames, float(value)))
         budget_spent = self.total_frames is not None and self.counters.frames >= self.total_frames
-        return {
-            "frames": self.counters.frames,
-            "weight_version": self.counters.weight_version,
-            "stop": self._stop or budget_spent,
-        }
+        return EnvReply(
+            self.counters.frames, self.counters.weight_version, self._stop or budget_spent
+        )
 
-    def report_learner(
-        self, updates: int, metrics: dict[str, float], latencies: list[float] | None = None
-    ) -> dict[str, Any]:
-        """The learner's update count, latest metrics and the seconds it waited for each batch
-        since its last report; replies with frames and stop."""
-        self.counters.updates = max(self.counters.updates, int(updates))
-        self._latencies.extend(latencies or ())
-        self._learner_metrics = dict(metrics)
-        return {"frames": self.counters.frames, "stop": self._stop}
+    def report_learner(self, report: LearnerReport) -> LearnerReply:
+        """The learner's update count, latest metrics and batch waits since its last report."""
+        self.counters.updates = max(self.counters.updates, int(report.updates))
+        self._latencies.extend(report.latencies)
+        self._learner_metrics = dict(report.metrics)
+        return LearnerReply(self.counters.frames, self._stop)
 
     def report_eval(self, frame: int, mean_return: float, extra: dict[str, float]) -> None:
         """An evaluation's mean return at global ``frame``."""

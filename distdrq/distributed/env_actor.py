@@ -20,6 +20,7 @@ import torch
 
 from distdrq.agent import Policy
 from distdrq.config import Config
+from distdrq.distributed.messages import SendResult
 from distdrq.distributed.replay_actor import ReplayClient
 from distdrq.envs import make_env
 from distdrq.replay import EpisodeWriter
@@ -115,16 +116,12 @@ class EnvActor:
         self._ray_frames.set_default_tags(tags)
         self._ray_episodes.set_default_tags(tags)
 
-    def _send(self, chunk: Chunk) -> str:
-        """Insert ``chunk``, retrying while the rate limiter declines or a shard restarts.
-
-        Returns ``sent``, ``stopped`` (the run is stopping) or ``lost`` (the shard rejected
-        it, e.g. it restarted from a snapshot older than the episode's earlier chunks).
-        """
+    def _send(self, chunk: Chunk) -> SendResult:
+        """Insert ``chunk``, retrying while the rate limiter declines or a shard restarts."""
         while True:
             try:
                 if ray.get(self.client.insert(chunk, timeout=2.0)):
-                    return "sent"
+                    return SendResult.SENT
             except ray.exceptions.RayTaskError as exc:
                 # the shard refused it (damaged, non-finite, or its episode's start was lost in
                 # a shard restart): nothing was stored; say so and go on with a new episode
@@ -135,11 +132,11 @@ class EnvActor:
                     f"({reason[0][:200] if reason else 'no reason'}); starting a new episode",
                     flush=True,
                 )
-                return "lost"
+                return SendResult.REFUSED
             except ray.exceptions.RayActorError:
                 time.sleep(0.5)  # the shard or limiter is restarting: same chunk again
             if ray.get(self._coord.should_stop.remote()):
-                return "stopped"
+                return SendResult.STOPPED
 
     def _report(self, frames: int, returns: list[float]) -> None:
         if frames:
@@ -149,9 +146,9 @@ class EnvActor:
         reply = ray.get(
             self._coord.report_env.remote(self.role, frames, returns, self.follower.policy.version)
         )
-        self.global_frames = reply["frames"]
-        self.stopped = reply["stop"]
-        self.follower.refresh(reply["weight_version"])
+        self.global_frames = reply.frames
+        self.stopped = reply.stop
+        self.follower.refresh(reply.weight_version)
 
     def run(self) -> int:
         """Step until the coordinator says stop; returns the frames this call produced."""
@@ -180,9 +177,11 @@ class EnvActor:
                 self.writer.begin(ts.frame)
             if chunk is not None:
                 outcome = self._send(chunk)
-                if outcome == "stopped":
+                if outcome is SendResult.STOPPED:
                     break
-                if outcome == "lost" and not ts.first:  # drop the episode, start a fresh one
+                if (
+                    outcome is SendResult.REFUSED and not ts.first
+                ):  # drop the episode, start a fresh one
                     ts = self.env.reset()
                     self.writer.begin(ts.frame)
                     episode_return = 0.0

@@ -23,6 +23,7 @@ from distdrq.agent import make_agent
 from distdrq.checkpoint import to_cpu
 from distdrq.config import Config
 from distdrq.distributed.env_actor import lookup
+from distdrq.distributed.messages import LearnerReport
 from distdrq.distributed.replay_actor import ReplayClient
 
 
@@ -86,12 +87,12 @@ class Learner:
         cfg = self.cfg
         batch_size = cfg.agent.batch_size
         pending: deque[Any] = deque()
-        reply = ray.get(self._coord.report_learner.remote(self.updates, {}))
-        frames = reply["frames"]
+        reply = ray.get(self._coord.report_learner.remote(LearnerReport(self.updates)))
+        frames = reply.frames
         last_report = time.monotonic()
         metrics: dict[str, float] = {}
         made = 0
-        while not reply["stop"]:
+        while not reply.stop:
             while len(pending) < cfg.distributed.prefetch:
                 pending.append(self.client.request(batch_size, timeout=1.0))
             start = time.monotonic()
@@ -121,12 +122,9 @@ class Learner:
             now = time.monotonic()
             if now - last_report >= 1.0 or batch is None:
                 latencies, self._latencies = self._latencies, []
-                reply = ray.get(
-                    self._coord.report_learner.remote(
-                        self.updates, self._metrics(metrics), latencies
-                    )
-                )
-                frames = reply["frames"]
+                report = LearnerReport(self.updates, self._metrics(metrics), latencies)
+                reply = ray.get(self._coord.report_learner.remote(report))
+                frames = reply.frames
                 last_report = now
         return made
 
