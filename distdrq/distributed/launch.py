@@ -489,6 +489,8 @@ class Driver:
                 frames = ray.get(topo.coordinator.snapshot.remote())["counters"]["frames"]
                 ray.get(topo.evaluator.evaluate.remote(frames))
         snap = ray.get(topo.coordinator.snapshot.remote())
+        self._show_shard_messages()
+        self._show_restarts(snap)  # restarts since the last tick (a long checkpoint may hide it)
         self._show(snap)
         path = self.checkpoint(snap, patience=FINAL_CHECKPOINT_PATIENCE_S)
         assert path is not None  # with patience, a failure raises

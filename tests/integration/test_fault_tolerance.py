@@ -206,10 +206,11 @@ def test_killed_env_actor_and_shard_recover(tmp_path):
     finally:
         ray.shutdown()
         out = launch.stop()
-    # the driver showed each restart once, in one line, for every role
+    # the driver showed each restart once, in one line, for every role (counted anywhere in a
+    # line: Ray's own "worker died" notice, written by another thread at the same moment, can
+    # leave our line behind its text without a newline between them)
     for role in ("env-0", "replay-0", "learner"):
-        shown = [x for x in out.splitlines() if x.startswith(f"{role} restarted")]
-        assert len(shown) == 1, (role, out[-4000:])
+        assert out.count(f"{role} restarted (") == 1, (role, out[-6000:])
     assert "recreated from ckpt_" in out
     assert "Traceback" not in out
 
