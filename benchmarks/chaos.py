@@ -34,6 +34,7 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import functools  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
@@ -113,13 +114,15 @@ class Launch:
 class Monitor(threading.Thread):
     """Polls the coordinator; records whether frames, updates or versions ever went back."""
 
-    def __init__(self, coord: Any) -> None:
+    def __init__(self, coord: Any, name: str) -> None:
         super().__init__(daemon=True)
         self.coord = coord
+        self.name = name
         self.last: dict[str, int] = {}
         self.backwards: list[str] = []
         self.polls = 0
-        self.snap: dict[str, Any] = {}
+        self.snap: Any = None
+        self.learner: dict[str, float] = {}  # the learner's latest metrics (its own report)
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -130,7 +133,11 @@ class Monitor(threading.Thread):
                 break  # the run ended
             self.snap = snap
             self.polls += 1
-            c = snap["counters"]
+            if self.polls % 8 == 0:  # a recreated learner has the same name
+                with contextlib.suppress(Exception):
+                    learner = ray.get_actor(f"{self.name}-learner", namespace="distdrq")
+                    self.learner = ray.get(learner.take_report.remote(), timeout=10).metrics
+            c = snap.counters.to_dict()
             for key in ("frames", "updates", "weight_version"):
                 if c[key] < self.last.get(key, -1):
                     self.backwards.append(f"{key} {self.last[key]} -> {c[key]}")
@@ -253,7 +260,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     enable_token_auth_if_available()
     ray.init(address=address, namespace="distdrq", log_to_driver=False)
     coord = ray.get_actor(f"{name}-coordinator")
-    monitor = Monitor(coord)
+    monitor = Monitor(coord, name)
     monitor.start()
     kills: list[dict[str, Any]] = []
     sent: dict[str, int] = {}
@@ -290,7 +297,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         monitor.done.set()
         monitor.join(timeout=30)
-        final = dict(monitor.snap)
+        learner = dict(monitor.learner)
         # Ray ends a process still connected to a cluster that shuts down: leave first
         ray.shutdown()
     launch.proc.wait(timeout=900)
@@ -312,7 +319,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     (run_dir / "resume.log").write_text("\n".join(resume.lines) + "\n")
     time.sleep(5)
     left = sorted(p for p in launch.tree | resume.tree if alive(p))
-    learner = final.get("learner", {})
     result = {
         "command": " ".join(shlex.quote(x) for x in [sys.executable, *sys.argv]),
         "launch": " ".join(shlex.quote(x) for x in launch.cmd[2:]),

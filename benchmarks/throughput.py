@@ -7,7 +7,7 @@
    actions), env + the actor's per-step policy forward pass (``distdrq.agent.Policy`` on CPU),
    env + policy + the actor's chunk encoding (``EpisodeWriter`` with ``replay.codec``), and
    ``min(actors, cores)`` such env + policy loops in parallel processes;
-2. the distributed system (``connect``, ``build_topology``, ``Driver.start_loops``) with
+2. the distributed system (``connect``, ``build_topology``, ``Supervisor.start``) with
    ``--actors`` env actors (default 1,2,4,8) and ``--shards`` replay shards, no rate limit
    (``distributed.samples_per_insert=0``), no evaluator, and an idle learner
    (``train.seed_frames`` so large that replay never becomes sampleable, so the learner only
@@ -232,7 +232,7 @@ def bare_parallel(cfg: Config, processes: int, seconds: float) -> dict[str, floa
 
 
 class _Quiet:
-    """The slice of ProgressDisplay that Driver uses, printing only messages."""
+    """The slice of ProgressDisplay the supervisor uses, printing only messages."""
 
     def message(self, text: str) -> None:
         print(f"    [driver] {text}", flush=True)
@@ -249,7 +249,7 @@ def _start_local_ray(cfg: Config) -> dict[str, float]:
 
     import ray
 
-    from distdrq.distributed.launch import NAMESPACE, required_cpus
+    from distdrq.distributed.cluster import NAMESPACE, required_cpus
 
     ray.init(
         address="local",
@@ -270,7 +270,8 @@ def distributed_frames_per_second(
     """Frames/s of the Ray runtime (no rate limit, idle learner, no evaluator)."""
     import ray
 
-    from distdrq.distributed.launch import Driver, build_topology
+    from distdrq.distributed.supervisor import Supervisor
+    from distdrq.distributed.topology import RunStart, build_topology
 
     cfg = load_config(
         base.env.task,
@@ -293,10 +294,9 @@ def distributed_frames_per_second(
         t_connect = time.monotonic()
         resources = _start_local_ray(cfg)
         try:
-            topo = build_topology(cfg, name, run_dir, resources, None, None, 0)
-            driver = Driver(cfg, run_dir, name, _Quiet(), 0)  # type: ignore[arg-type]
-            driver.topo = topo
-            driver.start_loops()
+            topo = build_topology(cfg, name, run_dir, resources, RunStart())
+            driver = Supervisor(cfg, run_dir, name, topo, _Quiet().message)
+            driver.start()
             t0 = time.monotonic()
             result["startup_seconds"] = round(t0 - t_connect, 1)
             all_reported_at = None
@@ -319,19 +319,19 @@ def distributed_frames_per_second(
                 snap = ray.get(topo.coordinator.snapshot.remote())
                 now = time.monotonic()
                 t = now - t0
-                per_role = {r: snap["roles"].get(r, {}).get("frames", 0) for r in roles}
+                per_role = {r: snap.role(r).frames for r in roles}
                 if all_reported_at is None and all(v > 0 for v in per_role.values()):
                     all_reported_at = t
                     result["first_chunk_all_actors_seconds"] = round(t, 1)
                 if start is None:
                     if all_reported_at is not None and t >= max(warmup, all_reported_at + settle):
-                        start = (now, snap["counters"]["frames"], per_role)
+                        start = (now, snap.counters.frames, per_role)
                         cpu_start, busy_start = cpu_by_role(), system_busy_seconds()
-                        samples.append((now, snap["counters"]["frames"]))
+                        samples.append((now, snap.counters.frames))
                 else:
-                    samples.append((now, snap["counters"]["frames"]))
+                    samples.append((now, snap.counters.frames))
                 if start is not None and now - start[0] >= window:
-                    end = (now, snap["counters"]["frames"], per_role)
+                    end = (now, snap.counters.frames, per_role)
                     cpu_end, busy_end = cpu_by_role(), system_busy_seconds()
                     break
                 if t > warmup + 180 and start is None:

@@ -9,9 +9,12 @@ so Ray's dashboard and Ray's Prometheus service discovery show them too.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+if TYPE_CHECKING:  # the metrics module is imported without Ray (distdrq train)
+    from distdrq.distributed.messages import RunSnapshot
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -107,24 +110,26 @@ class RunMetrics:
 
     def update(
         self,
-        snapshot: dict[str, Any],
+        snapshot: RunSnapshot,
+        learner: dict[str, float],
         rates: dict[str, float],
         shards: list[dict[str, Any]],
         limiter: dict[str, float] | None,
         latencies: list[float],
     ) -> None:
-        """Publish one reading of the run (coordinator snapshot, shard and limiter stats)."""
+        """Publish one reading of the run: the coordinator's snapshot, the learner's latest
+        metrics and batch waits, shard and limiter stats."""
         run = self.run
-        c, learner = snapshot["counters"], snapshot["learner"]
-        self._advance(self.frames, c["frames"])
-        self._advance(self.episodes, c["episodes"])
-        self._advance(self.updates, c["updates"])
+        c = snapshot.counters
+        self._advance(self.frames, c.frames)
+        self._advance(self.episodes, c.episodes)
+        self._advance(self.updates, c.updates)
         self.fps.labels(run).set(rates.get("frames_per_second", 0.0))
         self.ups.labels(run).set(rates.get("updates_per_second", 0.0))
-        self.version.labels(run).set(c["weight_version"])
+        self.version.labels(run).set(c.weight_version)
         for gauge, value in (
-            (self.train_return, c["last_train_return"]),
-            (self.eval_return, c["last_eval_return"]),
+            (self.train_return, c.last_train_return),
+            (self.eval_return, c.last_eval_return),
             (self.critic_loss, learner.get("critic_loss")),
             (self.actor_loss, learner.get("actor_loss")),
             (self.q_value, learner.get("critic_q1")),
@@ -135,8 +140,8 @@ class RunMetrics:
             if value is not None and math.isfinite(value):
                 gauge.labels(run).set(value)
         self._advance(self.nonfinite, learner.get("nonfinite_batches", 0.0))
-        for role, info in snapshot["roles"].items():
-            self._advance(self.restarts, info["restarts"], role)
+        for role, info in snapshot.roles.items():
+            self._advance(self.restarts, info.restarts, role)
         for stats in shards:
             shard = str(stats["shard"])
             self.transitions.labels(run, shard).set(stats["transitions"])

@@ -158,6 +158,8 @@ class ProgressDisplay:
             ("episode", "episode"),
             ("train_return", "train return"),
             ("eval_return", "eval return"),
+            ("restarts", "restarts"),
+            ("policy_lag", "policy lag"),
             ("eta", "eta"),
         ):
             if key in f:
@@ -187,7 +189,10 @@ class ProgressDisplay:
             ("episode", "episodes"),
             ("train_return", "last train return"),
             ("eval_return", "last eval return"),
+            ("restarts", "restarts"),  # launch only: its rows exist when it gives them
+            ("policy_lag", "policy lag (versions)"),
             ("eta", "ETA"),
         ):
-            table.add_row(label, _fmt(f.get(key)))
+            if key in f or key not in ("restarts", "policy_lag"):
+                table.add_row(label, _fmt(f.get(key)))
         return table

@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from distdrq.distributed import enable_token_auth_if_available
-from distdrq.distributed.launch import NAMESPACE, LaunchError, _check_reachable
+from distdrq.distributed.cluster import NAMESPACE, LaunchError, check_reachable
 
 
 def _alive(handle: Any) -> bool:
@@ -25,7 +25,7 @@ def collect_status(address: str) -> list[dict[str, Any]]:
     import ray
 
     if address not in ("auto",):
-        _check_reachable(address)
+        check_reachable(address)
         enable_token_auth_if_available()
     ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, configure_logging=False)
     try:
@@ -72,16 +72,15 @@ def print_status(address: str | None) -> int:
     print(header)
     for entry in runs:
         snap = entry["snapshot"]
-        c = snap["counters"]
-        restarts = sum(r["restarts"] for r in snap["roles"].values())
-        state = "stopping" if snap["stop"] else "running"
+        c = snap.counters
+        state = "stopping" if snap.stop else "running"
         print(
-            f"{entry['run']:<28} {entry['alive']:>4}/{entry['actors']:<5} {restarts:>8} "
-            f"{c['frames']:>12,} {c['updates']:>10,} {c['episodes']:>9,} "
-            f"{_fmt(c['last_train_return']):>9} {_fmt(c['last_eval_return']):>9} "
-            f"{c['weight_version']:>9} {state:>8}"
+            f"{entry['run']:<28} {entry['alive']:>4}/{entry['actors']:<5} {snap.restarts:>8} "
+            f"{c.frames:>12,} {c.updates:>10,} {c.episodes:>9,} "
+            f"{_fmt(c.last_train_return):>9} {_fmt(c.last_eval_return):>9} "
+            f"{c.weight_version:>9} {state:>8}"
         )
-        for role, info in sorted(snap["roles"].items()):
-            if info["restarts"]:
-                print(f"    {role}: restarted {info['restarts']} time(s)")
+        for role, info in sorted(snap.roles.items()):
+            if info.restarts:
+                print(f"    {role}: restarted {info.restarts} time(s)")
     return 0

@@ -3,17 +3,20 @@
 It is the WeightStore of DESIGN.md plus the counters every component reports to: env actors
 report frames and episode returns per chunk and learn the newest weight version and the
 global frame count in the same reply (one small RPC per chunk, never per step); the learner
-publishes weights as one ``ray.put`` object per version; the evaluator reports returns; the
-driver reads :meth:`Coordinator.snapshot` for progress, metrics and checkpoints.
+publishes weights as one ``ray.put`` object per version and its update count; the evaluator
+reports returns; the driver reads :meth:`Coordinator.snapshot` (a typed
+:class:`~distdrq.distributed.messages.RunSnapshot`) for progress and checkpoints. The
+learner's losses and batch latencies do not pass through here: the driver takes them from the
+learner itself (:meth:`~distdrq.distributed.learner.Learner.take_report`).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from distdrq.distributed.messages import EnvReply, LearnerReply, LearnerReport
+from distdrq.distributed.messages import EnvReply, EvalReport, LearnerReply, RoleState, RunSnapshot
 from distdrq.run.counters import Counters
 
 
@@ -24,7 +27,6 @@ class _Role:
     episodes: int = 0
     last_report: float = 0.0
     policy_version: int = -1
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Coordinator:
@@ -44,8 +46,7 @@ class Coordinator:
         self._roles: dict[str, _Role] = {}
         self._stop = False
         self._returns: list[tuple[int, float]] = []
-        self._latencies: list[float] = []
-        self._learner_metrics: dict[str, float] = {}
+        self._last_eval: EvalReport | None = None
         self._started = time.monotonic()
         self._wall_base = self.counters.wall_time
 
@@ -93,27 +94,24 @@ class Coordinator:
             self.counters.frames, self.counters.weight_version, self._stop or budget_spent
         )
 
-    def report_learner(self, report: LearnerReport) -> LearnerReply:
-        """The learner's update count, latest metrics and batch waits since its last report."""
-        self.counters.updates = max(self.counters.updates, int(report.updates))
-        self._latencies.extend(report.latencies)
-        self._learner_metrics = dict(report.metrics)
+    def report_learner(self, updates: int) -> LearnerReply:
+        """The learner's update count (continuing over restarts); replies with the global
+        frame count and the stop flag."""
+        self.counters.updates = max(self.counters.updates, int(updates))
         return LearnerReply(self.counters.frames, self._stop)
 
-    def report_eval(self, frame: int, mean_return: float, extra: dict[str, float]) -> None:
-        """An evaluation's mean return at global ``frame``."""
-        if frame <= self.counters.last_eval_frame:
-            return  # an evaluation repeated by a restarted evaluator: keep the first
-        self.counters.last_eval_return = float(mean_return)
-        self.counters.last_eval_frame = int(frame)
+    def report_eval(self, report: EvalReport) -> None:
+        """An evaluation's result (a repeat by a restarted evaluator is ignored)."""
+        if report.frame <= self.counters.last_eval_frame:
+            return
+        self.counters.last_eval_return = float(report.mean_return)
+        self.counters.last_eval_frame = int(report.frame)
         self.counters.evaluations += 1
-        self._roles.setdefault("evaluator", _Role()).extra = {"frame": frame, **extra}
+        self._last_eval = report
 
-    def take_events(self) -> dict[str, list[Any]]:
-        """Training returns (global frame, return) and learner sample latencies (seconds)
-        since the last call."""
-        out = {"returns": self._returns, "latencies": self._latencies}
-        self._returns, self._latencies = [], []
+    def take_returns(self) -> list[tuple[int, float]]:
+        """Training episode returns (global frame, return) since the last call."""
+        out, self._returns = self._returns, []
         return out
 
     # -- control
@@ -126,22 +124,11 @@ class Coordinator:
         """True once :meth:`stop` was called."""
         return self._stop
 
-    def snapshot(self) -> dict[str, Any]:
-        """Counters, per-role state and the learner's latest metrics."""
+    def snapshot(self) -> RunSnapshot:
+        """Counters, per-role state and the stop flag."""
         self.counters.wall_time = self._wall_base + time.monotonic() - self._started
-        return {
-            "counters": self.counters.to_dict(),
-            "roles": {
-                name: {
-                    "starts": r.starts,
-                    "restarts": max(r.starts - 1, 0),
-                    "frames": r.frames,
-                    "episodes": r.episodes,
-                    "policy_version": r.policy_version,
-                    **r.extra,
-                }
-                for name, r in self._roles.items()
-            },
-            "learner": dict(self._learner_metrics),
-            "stop": self._stop,
+        roles = {
+            name: RoleState(r.starts, r.frames, r.episodes, r.policy_version)
+            for name, r in self._roles.items()
         }
+        return RunSnapshot(Counters(**self.counters.to_dict()), roles, self._stop, self._last_eval)

@@ -20,7 +20,7 @@ import torch
 
 from distdrq.agent import Policy
 from distdrq.config import Config
-from distdrq.distributed.messages import SendResult
+from distdrq.distributed.messages import EvalReport, SendResult
 from distdrq.distributed.replay_actor import ReplayClient
 from distdrq.envs import make_env
 from distdrq.replay import EpisodeWriter
@@ -225,12 +225,12 @@ class Evaluator:
         self.env = make_env(cfg.env, cfg.train.seed + 10_000)
         self.follower = _PolicyFollower(cfg, self.env.obs_shape, self.env.action_dim, coordinator)
         # Ray restarts this actor with its first arguments: continue the run's evaluation grid
-        counters = ray.get(coordinator.snapshot.remote())["counters"]
-        if counters["last_eval_frame"] >= 0:
+        counters = ray.get(coordinator.snapshot.remote()).counters
+        if counters.last_eval_frame >= 0:
             next_eval_frame = max(
-                next_eval_frame, counters["last_eval_frame"] + cfg.train.eval_every_frames
+                next_eval_frame, counters.last_eval_frame + cfg.train.eval_every_frames
             )
-            self.evaluations = int(counters.get("evaluations", 0))
+            self.evaluations = counters.evaluations
         self.next_eval_frame = next_eval_frame
 
     def ping(self) -> int:
@@ -248,7 +248,7 @@ class Evaluator:
     def evaluate(self, frame: int) -> float:
         """Evaluate the newest weights now; reports and returns the mean return."""
         snap = ray.get(self._coord.snapshot.remote())
-        self.follower.refresh(snap["counters"]["weight_version"])
+        self.follower.refresh(snap.counters.weight_version)
         step = frame // self.cfg.env.action_repeat
         train = self.cfg.train
         result = evaluate_and_record(
@@ -262,20 +262,26 @@ class Evaluator:
             self.video_dir,
         )
         self.evaluations += 1
-        mean = result["eval_return"]
-        extra = {"std": result["eval_return_std"], "episodes": result["eval_episodes"]}
-        extra["policy_version"] = self.follower.policy.version
-        self._coord.report_eval.remote(frame, mean, extra)
-        return mean
+        report = EvalReport(
+            frame,
+            result["eval_return"],
+            result["eval_return_std"],
+            result["eval_episodes"],
+            self.follower.policy.version,
+        )
+        # waited for: the driver's final snapshot, taken right after the final evaluation,
+        # must show its return (not the one before)
+        ray.get(self._coord.report_eval.remote(report))
+        return report.mean_return
 
     def run(self) -> int:
         """Evaluate whenever the global frame count passes the next evaluation point."""
         done = 0
         while True:
             snap = ray.get(self._coord.snapshot.remote())
-            if snap["stop"]:
+            if snap.stop:
                 return done
-            frames = snap["counters"]["frames"]
+            frames = snap.counters.frames
             if frames >= self.next_eval_frame:
                 self.evaluate(frames)
                 done += 1

@@ -25,6 +25,7 @@ from distdrq.config import Config
 from distdrq.distributed.env_actor import lookup
 from distdrq.distributed.messages import LearnerReport
 from distdrq.distributed.replay_actor import ReplayClient
+from distdrq.run.counters import Counters
 
 
 class Learner:
@@ -53,15 +54,17 @@ class Learner:
             self.agent.load_state_dict(state["agent"])
             self.updates = int(state["updates"])
             self.version = int(state["version"])
-        self._continue_after(ray.get(coordinator.snapshot.remote())["counters"])
+        self._continue_after(ray.get(coordinator.snapshot.remote()).counters)
         self._lock = threading.Lock()
+        self._report_lock = threading.Lock()  # the report never waits for an update
+        self._metrics_now: dict[str, float] = {}
         self._lag: deque[float] = deque(maxlen=200)
         self._sample_wait = 0.0
         self._latencies: list[float] = []
         self.nonfinite_batches = 0
         self._publish()
 
-    def _continue_after(self, counters: dict[str, Any]) -> None:
+    def _continue_after(self, counters: Counters) -> None:
         """Never reuse a weight version or go back in updates.
 
         A recreated learner starts from the last checkpoint (or from scratch), older than what
@@ -69,10 +72,10 @@ class Learner:
         so env actors switch to its weights at once and policy lag stays measured against
         versions that only grow. Its update count continues the run's.
         """
-        published = int(counters["weight_version"])
+        published = counters.weight_version
         if self.starts > 1 or published > self.version:
             self.version = max(self.version, published + 1)
-        self.updates = max(self.updates, int(counters["updates"]))
+        self.updates = max(self.updates, counters.updates)
 
     def _publish(self) -> None:
         ref = ray.put(self.agent.policy_state_dict())
@@ -87,7 +90,7 @@ class Learner:
         cfg = self.cfg
         batch_size = cfg.agent.batch_size
         pending: deque[Any] = deque()
-        reply = ray.get(self._coord.report_learner.remote(LearnerReport(self.updates)))
+        reply = ray.get(self._coord.report_learner.remote(self.updates))
         frames = reply.frames
         last_report = time.monotonic()
         metrics: dict[str, float] = {}
@@ -103,7 +106,8 @@ class Learner:
             waited = time.monotonic() - start
             self._sample_wait += waited
             if batch is not None:
-                self._latencies.append(waited)
+                with self._report_lock:
+                    self._latencies.append(waited)
             if batch is not None and not _finite(batch):
                 # replay validates every insert; this is the last line of defence, so that one
                 # bad batch can never turn the weights into NaN
@@ -121,12 +125,19 @@ class Learner:
                         self._publish()
             now = time.monotonic()
             if now - last_report >= 1.0 or batch is None:
-                latencies, self._latencies = self._latencies, []
-                report = LearnerReport(self.updates, self._metrics(metrics), latencies)
-                reply = ray.get(self._coord.report_learner.remote(report))
+                with self._report_lock:
+                    self._metrics_now = self._metrics(metrics)
+                reply = ray.get(self._coord.report_learner.remote(self.updates))
                 frames = reply.frames
                 last_report = now
         return made
+
+    def take_report(self) -> LearnerReport:
+        """Latest losses, policy lag and counts, and the batch waits since the last call (the
+        driver reads them for its display and Prometheus; they do not pass the coordinator)."""
+        with self._report_lock:
+            latencies, self._latencies = self._latencies, []
+            return LearnerReport(self.updates, dict(self._metrics_now), latencies)
 
     def _metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         out = dict(metrics)

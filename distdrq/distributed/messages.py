@@ -5,6 +5,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from distdrq.run.counters import Counters
+
 
 @dataclass(frozen=True)
 class EnvReply:
@@ -20,7 +22,7 @@ class EnvReply:
 
 @dataclass(frozen=True)
 class LearnerReply:
-    """The coordinator's answer to the learner's report."""
+    """The coordinator's answer to the learner's update count."""
 
     frames: int
     """global env frames"""
@@ -30,7 +32,7 @@ class LearnerReply:
 
 @dataclass
 class LearnerReport:
-    """What the learner tells the coordinator about once a second."""
+    """What the driver takes from the learner about once a second (display, Prometheus)."""
 
     updates: int
     """updates made so far (continuing over restarts)"""
@@ -50,3 +52,55 @@ class SendResult(enum.Enum):
     nothing was stored and the actor starts a new episode"""
     STOPPED = "stopped"
     """the run is stopping; the chunk was not stored"""
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """An evaluation's result, from the evaluator to the coordinator."""
+
+    frame: int
+    """global env frame the evaluated weights had been trained to"""
+    mean_return: float
+    std_return: float
+    episodes: int
+    policy_version: int
+    """weight version evaluated"""
+
+
+@dataclass(frozen=True)
+class RoleState:
+    """What the coordinator knows of one role (``env-3``, ``replay-0``, ``learner``, ...)."""
+
+    starts: int = 0
+    """how often the role has started (every actor registers in its constructor)"""
+    frames: int = 0
+    """env frames the role reported (env actors)"""
+    episodes: int = 0
+    """training episodes the role completed (env actors)"""
+    policy_version: int = -1
+    """weight version the role acted with at its last report (env actors)"""
+
+    @property
+    def restarts(self) -> int:
+        """Starts after the first."""
+        return max(self.starts - 1, 0)
+
+
+@dataclass(frozen=True)
+class RunSnapshot:
+    """One reading of the coordinator: counters, roles, the stop flag."""
+
+    counters: Counters
+    roles: dict[str, RoleState] = field(default_factory=dict)
+    stop: bool = False
+    last_eval: EvalReport | None = None
+    """the newest evaluation of this session (None before the first)"""
+
+    @property
+    def restarts(self) -> int:
+        """Restarts of every role together."""
+        return sum(r.restarts for r in self.roles.values())
+
+    def role(self, name: str) -> RoleState:
+        """The state of role ``name`` (an empty one before it registers)."""
+        return self.roles.get(name, RoleState())

@@ -1,4 +1,4 @@
-"""The launch driver's checkpoints when an actor is down, on a real local Ray cluster.
+"""The launch's checkpoint policy (distributed/checkpointing.py) when an actor is down, on a real local Ray cluster.
 
 A periodic checkpoint that meets a shard Ray is restarting (or a dead learner) is postponed,
 not fatal: before, the driver stopped the whole run when a killed shard was snapshotted.
@@ -6,15 +6,18 @@ not fatal: before, the driver stopped the whole run when a killed shard was snap
 
 import io
 import os
+from types import SimpleNamespace
 
 import pytest
 
 ray = pytest.importorskip("ray")
 
 from distdrq.checkpoint import list_checkpoints  # noqa: E402
-from distdrq.config import Config  # noqa: E402
-from distdrq.distributed import launch as launch_mod  # noqa: E402
+from distdrq.distributed import checkpointing as checkpointing_mod  # noqa: E402
+from distdrq.distributed.messages import RunSnapshot  # noqa: E402
+from distdrq.distributed.topology import Topology  # noqa: E402
 from distdrq.progress import ProgressDisplay  # noqa: E402
+from distdrq.run.counters import Counters  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +63,7 @@ class StubLearner:
 def _driver(tmp_path, shards, learner):
     out = io.StringIO()
     progress = ProgressDisplay("test", 100, stream=out, live=False)
-    driver = launch_mod.Driver(Config(), tmp_path, "t", progress, session=1)
-    driver.topo = launch_mod.Topology(
+    topo = Topology(
         coordinator=None,
         shards=shards,
         learner=learner,
@@ -71,10 +73,12 @@ def _driver(tmp_path, shards, learner):
         obs_shape=(9, 84, 84),
         action_dim=1,
     )
+    supervisor = SimpleNamespace(topo=topo, run_dir=tmp_path, restarts={})
+    driver = checkpointing_mod.Checkpointing(supervisor, 1000, 1000, 1, progress.message)
     return driver, out
 
 
-SNAP = {"counters": {"frames": 1000}}
+SNAP = RunSnapshot(Counters(frames=1000))
 
 
 def test_periodic_checkpoint_is_postponed_while_a_shard_restarts(ray_cluster, tmp_path):
@@ -84,7 +88,7 @@ def test_periodic_checkpoint_is_postponed_while_a_shard_restarts(ray_cluster, tm
     assert driver.checkpoint(SNAP, patience=0.0) is None
     assert "checkpoint postponed, an actor is down" in out.getvalue()
     assert list_checkpoints(tmp_path) == []
-    assert driver._checkpoint_retry_at > 0
+    assert driver.retry_at > 0
 
     # once Ray has restarted the shard, the next try writes the checkpoint
     path = driver.checkpoint(SNAP, patience=60.0)
@@ -127,6 +131,6 @@ def test_an_actor_down_too_long_ends_the_postponements(ray_cluster, tmp_path, mo
     ray.kill(learner, no_restart=True)
     driver, _ = _driver(tmp_path, [FlakyShard.remote(str(tmp_path / "died-once"))], learner)
     assert driver.checkpoint(SNAP, patience=0.0) is None  # first postponement
-    monkeypatch.setattr(launch_mod, "FINAL_CHECKPOINT_PATIENCE_S", 0.0)
+    monkeypatch.setattr(checkpointing_mod, "FINAL_CHECKPOINT_PATIENCE_S", 0.0)
     with pytest.raises(ray.exceptions.RayActorError):
         driver.checkpoint(SNAP, patience=0.0)  # down longer than the limit: lost

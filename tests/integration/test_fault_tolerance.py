@@ -134,7 +134,7 @@ def test_killed_env_actor_and_shard_recover(tmp_path):
         _until(
             lambda: list((run_dir / "replay" / "shard_000").glob("snapshot_*.ddrq")), launch=launch
         )
-        before = _snapshot(coord)["counters"]["frames"]
+        before = _snapshot(coord).counters.frames
 
         # kill the processes the way the world does: SIGKILL by PID
         os.kill(ray.get(env0.pid.remote(), timeout=30), signal.SIGKILL)
@@ -146,24 +146,24 @@ def test_killed_env_actor_and_shard_recover(tmp_path):
         assert restored["transitions"] > 0  # the shard's data came back from its snapshot
         roles = _until(
             lambda: (
-                (r := _snapshot(coord)["roles"]).get("env-0", {}).get("starts", 0) >= 2
-                and r.get("replay-0", {}).get("starts", 0) >= 2
+                (r := _snapshot(coord)).role("env-0").starts >= 2
+                and r.role("replay-0").starts >= 2
                 and r
             ),
             launch=launch,
         )
-        assert roles["env-0"]["restarts"] >= 1
-        after_kill = _snapshot(coord)["counters"]["frames"]
+        assert roles.role("env-0").restarts >= 1
+        after_kill = _snapshot(coord).counters.frames
         assert after_kill >= before
         # the run goes on: frames keep increasing, the restarted actor produces again
         _until(
-            lambda: _snapshot(coord)["counters"]["frames"] > after_kill + 500,
+            lambda: _snapshot(coord).counters.frames > after_kill + 500,
             timeout=180,
             launch=launch,
         )
-        start_env0 = _snapshot(coord)["roles"]["env-0"]["frames"]
+        start_env0 = _snapshot(coord).role("env-0").frames
         _until(
-            lambda: _snapshot(coord)["roles"]["env-0"]["frames"] > start_env0,
+            lambda: _snapshot(coord).role("env-0").frames > start_env0,
             timeout=180,
             launch=launch,
         )
@@ -173,35 +173,36 @@ def test_killed_env_actor_and_shard_recover(tmp_path):
         _until(
             lambda: list((run_dir / "checkpoints").glob("ckpt_*.pt")), timeout=180, launch=launch
         )
-        _until(lambda: _snapshot(coord)["counters"]["weight_version"] >= 3, launch=launch)
+        _until(lambda: _snapshot(coord).counters.weight_version >= 3, launch=launch)
         learner = ray.get_actor(f"{name}-learner")
         os.kill(ray.get(learner.pid.remote(), timeout=30), signal.SIGKILL)
         versions = []
 
         def restarted():
             snap = _snapshot(coord)
-            versions.append(snap["counters"]["weight_version"])
-            return snap["roles"]["learner"]["starts"] >= 2
+            versions.append(snap.counters.weight_version)
+            return snap.role("learner").starts >= 2
 
         _until(restarted, timeout=180, launch=launch)
         died_at = versions[-1]
-        updates = _snapshot(coord)["counters"]["updates"]
+        updates = _snapshot(coord).counters.updates
 
         def acting_with_new_weights():
             snap = _snapshot(coord)
-            versions.append(snap["counters"]["weight_version"])
-            return snap["counters"]["weight_version"] > died_at and all(
-                snap["roles"][f"env-{i}"]["policy_version"] > died_at for i in range(2)
+            versions.append(snap.counters.weight_version)
+            return snap.counters.weight_version > died_at and all(
+                snap.role(f"env-{i}").policy_version > died_at for i in range(2)
             )
 
         _until(acting_with_new_weights, timeout=60, launch=launch)
         assert versions == sorted(versions), versions  # never backwards
-        _until(
-            lambda: _snapshot(coord)["counters"]["updates"] > updates, timeout=180, launch=launch
-        )
-        lag = _until(
-            lambda: _snapshot(coord)["learner"].get("policy_lag_mean"), timeout=60, launch=launch
-        )
+        _until(lambda: _snapshot(coord).counters.updates > updates, timeout=180, launch=launch)
+
+        def lag_reported():  # the learner's own report (not the coordinator's)
+            learner = ray.get_actor(f"{name}-learner")
+            return ray.get(learner.take_report.remote(), timeout=30).metrics.get("policy_lag_mean")
+
+        lag = _until(lag_reported, timeout=60, launch=launch)
         assert lag >= 0, lag  # a version that went backwards would make it negative
     finally:
         ray.shutdown()
@@ -257,10 +258,10 @@ def test_multi_node_spread_and_node_loss(tmp_path):
         envs = [ray.get_actor(f"{name}-env-{i}") for i in range(2)]
         nodes = set(ray.get([e.node_id.remote() for e in envs], timeout=60))
         assert len(nodes) == 2, "env actors were not spread over both nodes"
-        _until(lambda: _snapshot(coord)["counters"]["frames"] > 200, timeout=180, launch=launch)
+        _until(lambda: _snapshot(coord).counters.frames > 200, timeout=180, launch=launch)
 
         cluster.remove_node(worker)
-        after = _snapshot(coord)["counters"]["frames"]
+        after = _snapshot(coord).counters.frames
         # the lost node's actor is restarted on the head node and the run continues
         moved = _until(
             lambda: len(set(ray.get([e.node_id.remote() for e in envs], timeout=30))) == 1,
@@ -268,9 +269,7 @@ def test_multi_node_spread_and_node_loss(tmp_path):
             launch=launch,
         )
         assert moved
-        _until(
-            lambda: _snapshot(coord)["counters"]["frames"] > after + 500, timeout=180, launch=launch
-        )
+        _until(lambda: _snapshot(coord).counters.frames > after + 500, timeout=180, launch=launch)
     finally:
         ray.shutdown()
         launch.stop()

@@ -5,32 +5,35 @@ from pathlib import Path
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from distdrq.distributed.messages import RoleState, RunSnapshot
 from distdrq.metrics import RunMetrics
+from distdrq.run.counters import Counters
 
 LISTED = Path(__file__).resolve().parents[2] / "deploy" / "metrics.txt"
 
 
+LEARNER = {
+    "critic_loss": 0.5,
+    "actor_loss": -1.0,
+    "critic_q1": 2.0,
+    "policy_lag_mean": 1.5,
+    "policy_lag_max": 4.0,
+    "gpu_memory_bytes": 1e9,
+    "nonfinite_batches": 0.0,
+}
+
+
 def _snapshot(frames, restarts=0, eval_return=float("nan")):
-    return {
-        "counters": {
-            "frames": frames,
-            "episodes": frames // 1000,
-            "updates": frames // 4,
-            "weight_version": 3,
-            "last_train_return": 12.5,
-            "last_eval_return": eval_return,
-        },
-        "learner": {
-            "critic_loss": 0.5,
-            "actor_loss": -1.0,
-            "critic_q1": 2.0,
-            "policy_lag_mean": 1.5,
-            "policy_lag_max": 4.0,
-            "gpu_memory_bytes": 1e9,
-            "nonfinite_batches": 0.0,
-        },
-        "roles": {"env-0": {"restarts": restarts}, "learner": {"restarts": 0}},
-    }
+    counters = Counters(
+        frames=frames,
+        episodes=frames // 1000,
+        updates=frames // 4,
+        weight_version=3,
+        last_train_return=12.5,
+        last_eval_return=eval_return,
+    )
+    roles = {"env-0": RoleState(starts=1 + restarts), "learner": RoleState(starts=1)}
+    return RunSnapshot(counters, roles)
 
 
 def _served(metrics):
@@ -48,7 +51,7 @@ def test_every_listed_metric_is_served_with_the_run_label():
         "measured_samples_per_insert": 127.0,
     }
     snap = _snapshot(5000, restarts=1, eval_return=300.0)
-    m.update(snap, {"frames_per_second": 300.0}, [shard], limiter, [0.01])
+    m.update(snap, LEARNER, {"frames_per_second": 300.0}, [shard], limiter, [0.01])
     m.count_damaged_checkpoint()
     served, text = _served(m)
     names = [n.strip() for n in LISTED.read_text().splitlines() if n.strip() and n[0] != "#"]
@@ -63,9 +66,9 @@ def test_every_listed_metric_is_served_with_the_run_label():
 
 def test_counters_follow_the_run_and_never_decrease():
     m = RunMetrics("r")
-    m.update(_snapshot(1000), {}, [], None, [])
-    m.update(_snapshot(3000), {}, [], None, [0.002, 0.004])
-    m.update(_snapshot(2000), {}, [], None, [])  # a stale reading must not move it back
+    m.update(_snapshot(1000), LEARNER, {}, [], None, [])
+    m.update(_snapshot(3000), LEARNER, {}, [], None, [0.002, 0.004])
+    m.update(_snapshot(2000), LEARNER, {}, [], None, [])  # a stale reading must not move it back
     served, _ = _served(m)
     assert served["distdrq_env_frames_total"].value == 3000
     assert served["distdrq_replay_sample_latency_seconds_count"].value == 2
@@ -78,7 +81,7 @@ def test_per_process_counts_add_up_over_shard_restarts():
     base = {"shard": 0, "transitions": 10, "stored_bytes": 100}
     for pid, rejected, damaged in ((1, 2, 0), (1, 5, 0), (2, 1, 1), (2, 1, 1), (3, 0, 1)):
         stats = base | {"pid": pid, "rejected_chunks_values": rejected}
-        m.update(_snapshot(1000), {}, [stats | {"snapshots_damaged": damaged}], None, [])
+        m.update(_snapshot(1000), LEARNER, {}, [stats | {"snapshots_damaged": damaged}], None, [])
     served, _ = _served(m)
     assert served["distdrq_replay_rejected_chunks_total"].value == 5 + 1
     assert served["distdrq_replay_snapshots_damaged_total"].value == 2

@@ -516,16 +516,16 @@ def test_checkpoint_load_latest_reports_what_it_skipped(tmp_path):
 def test_rejections_reach_prometheus():
     from prometheus_client import generate_latest
 
+    from distdrq.distributed.messages import RunSnapshot
     from distdrq.metrics import RunMetrics
+    from distdrq.run.counters import Counters
 
     shard, (chunk, _) = filled("raw")
     with pytest.raises(ChunkRejected):
         shard.insert(replace(chunk, rewards=np.full_like(chunk.rewards, np.nan)))
     metrics = RunMetrics("run")
-    counters = {"frames": 0, "episodes": 0, "updates": 0, "weight_version": 0}
-    counters |= {"last_train_return": 0.0, "last_eval_return": 0.0}
-    snapshot = {"counters": counters, "learner": {}, "roles": {}}
-    metrics.update(snapshot, {}, [{"shard": 0, **shard.stats()}], None, [])
+    snapshot = RunSnapshot(Counters(last_train_return=0.0, last_eval_return=0.0))
+    metrics.update(snapshot, {}, {}, [{"shard": 0, **shard.stats()}], None, [])
     text = generate_latest(metrics.registry).decode()
     assert 'distdrq_replay_rejected_chunks_total{reason="values",run="run",shard="0"} 1.0' in text
 
