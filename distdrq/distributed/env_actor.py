@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from typing import Any
 
@@ -24,7 +25,7 @@ from distdrq.distributed.messages import EvalReport, SendResult
 from distdrq.distributed.replay_actor import ReplayClient
 from distdrq.envs import make_env
 from distdrq.replay import EpisodeWriter
-from distdrq.run.evaluation import evaluate_and_record
+from distdrq.run.evaluation import EvaluationCancelled, evaluate_and_record
 from distdrq.types import Chunk
 
 # Episode keys are writer_id << 32 | episode; writer ids must never repeat within a run, across
@@ -102,6 +103,7 @@ class EnvActor:
         )
         self.global_frames = 0
         self.stopped = False
+        self._stop_now = threading.Event()  # set by stop(): checked every step
         self.lost_chunks = 0
         # also through Ray's own metrics: Ray's dashboard and service discovery show these
         from ray.util.metrics import Counter as RayCounter
@@ -135,7 +137,7 @@ class EnvActor:
                 return SendResult.REFUSED
             except ray.exceptions.RayActorError:
                 time.sleep(0.5)  # the shard or limiter is restarting: same chunk again
-            if ray.get(self._coord.should_stop.remote()):
+            if self._stop_now.is_set() or ray.get(self._coord.should_stop.remote()):
                 return SendResult.STOPPED
 
     def _report(self, frames: int, returns: list[float]) -> None:
@@ -160,7 +162,7 @@ class EnvActor:
         ts = self.env.reset()
         self.writer.begin(ts.frame)
         episode_return = 0.0
-        while not self.stopped:
+        while not (self.stopped or self._stop_now.is_set()):
             step = (self.global_frames + unreported) // repeat
             action = self.follower.policy.act(ts.observation, step, eval_mode=False)
             ts = self.env.step(action)
@@ -198,6 +200,11 @@ class EnvActor:
         """Liveness check."""
         return self.index
 
+    def stop(self) -> None:
+        """Finish the current step, send what was rendered, and return from :meth:`run`
+        (answered on the actor's second thread while run() holds the first)."""
+        self._stop_now.set()
+
     def pid(self) -> int:
         """This actor's process id."""
         return os.getpid()
@@ -218,6 +225,7 @@ class Evaluator:
         _pin_threads()
         self.video_dir = video_dir
         self.evaluations = 0
+        self._stop_now = threading.Event()
         coordinator, _, _ = lookup(run_name, 0)
         self.cfg = cfg
         self._coord = coordinator
@@ -245,8 +253,14 @@ class Evaluator:
         """The Ray node this actor runs on."""
         return ray.get_runtime_context().get_node_id()
 
-    def evaluate(self, frame: int) -> float:
-        """Evaluate the newest weights now; reports and returns the mean return."""
+    def stop(self) -> None:
+        """Cancel the evaluation :meth:`run` is doing and return from it (a stopping run does
+        not wait for its episodes; the final evaluation is a separate :meth:`evaluate` call)."""
+        self._stop_now.set()
+
+    def evaluate(self, frame: int, cancellable: bool = False) -> float:
+        """Evaluate the newest weights now; reports and returns the mean return. A
+        ``cancellable`` one raises EvaluationCancelled once :meth:`stop` is called."""
         snap = ray.get(self._coord.snapshot.remote())
         self.follower.refresh(snap.counters.weight_version)
         step = frame // self.cfg.env.action_repeat
@@ -260,6 +274,7 @@ class Evaluator:
             self.evaluations,
             train.video_every_evals,
             self.video_dir,
+            self._stop_now.is_set if cancellable else None,
         )
         self.evaluations += 1
         report = EvalReport(
@@ -279,11 +294,14 @@ class Evaluator:
         done = 0
         while True:
             snap = ray.get(self._coord.snapshot.remote())
-            if snap.stop:
+            if snap.stop or self._stop_now.is_set():
                 return done
             frames = snap.counters.frames
             if frames >= self.next_eval_frame:
-                self.evaluate(frames)
+                try:
+                    self.evaluate(frames, cancellable=True)
+                except EvaluationCancelled:
+                    return done
                 done += 1
                 self.next_eval_frame = frames + self.cfg.train.eval_every_frames
             else:

@@ -30,6 +30,8 @@ from distdrq.types import SkippedFile
 
 LEARNER_NAME_RELEASE_S = 60.0
 """How long a recreated learner waits for Ray to release its dead predecessor's name."""
+STOP_PATIENCE_S = 60.0
+"""How long stopping waits for all loops together (each returns within a step or an update)."""
 
 
 class Supervisor:
@@ -85,9 +87,10 @@ class Supervisor:
         ray.get(topo.coordinator.stop.remote())
         if topo.limiter is not None:  # release actors waiting for admission
             topo.limiter.close.remote()
-        for ref in list(self.loops):
-            with contextlib.suppress(ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
-                ray.get(ref, timeout=60)
+        stopping = [*topo.env_actors, *([topo.evaluator] if topo.evaluator is not None else [])]
+        for actor in stopping:  # now, not at the end of a chunk or an evaluation
+            actor.stop.remote()
+        ray.wait(list(self.loops), num_returns=len(self.loops), timeout=STOP_PATIENCE_S)
         if topo.evaluator is not None and evaluate:
             with contextlib.suppress(ray.exceptions.RayError):
                 frames = ray.get(topo.coordinator.snapshot.remote()).counters.frames

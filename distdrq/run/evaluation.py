@@ -5,6 +5,7 @@ Used by ``distdrq train`` between updates and by the evaluator actor of ``distdr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,23 @@ import torch
 from distdrq.video import video_due, write_gif
 
 
+class EvaluationCancelled(Exception):
+    """An evaluation was stopped before its last episode ended (the run is stopping)."""
+
+
 def evaluate(
-    agent: Any, env: Any, episodes: int, step: int, frames: list[np.ndarray] | None = None
+    agent: Any,
+    env: Any,
+    episodes: int,
+    step: int,
+    frames: list[np.ndarray] | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> dict[str, float]:
     """Run ``episodes`` episodes with the mean action; return mean and std of the returns.
 
     ``agent`` is anything with ``act(obs, step, eval_mode)`` (a learner's agent or an actor's
     policy copy). ``frames``: if given, the first episode's frames are appended to it.
+    ``cancelled``: asked every step; once true, :class:`EvaluationCancelled` is raised.
     """
     returns = []
     for episode in range(episodes):
@@ -30,6 +41,8 @@ def evaluate(
             frames.append(ts.frame)
         total = 0.0
         while not ts.last:
+            if cancelled is not None and cancelled():
+                raise EvaluationCancelled(f"stopped in episode {episode + 1} of {episodes}")
             with torch.no_grad():
                 action = agent.act(ts.observation, step, eval_mode=True)
             ts = env.step(action)
@@ -54,13 +67,14 @@ def evaluate_and_record(
     evaluation_index: int,
     video_every: int,
     video_dir: str | Path | None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> dict[str, float]:
     """:func:`evaluate`, and ``video_dir/eval_<frame>.gif`` of its first episode when this is
     the first or every ``video_every``-th evaluation (``video_dir`` None: never)."""
     frames: list[np.ndarray] | None = None
     if video_dir is not None and video_due(evaluation_index, video_every):
         frames = []
-    result = evaluate(agent, env, episodes, step, frames)
+    result = evaluate(agent, env, episodes, step, frames, cancelled)
     if frames:
         write_gif(frames, Path(video_dir) / f"eval_{frame:012d}.gif")  # type: ignore[arg-type]
     return result
