@@ -101,6 +101,8 @@ class ProgressDisplay:
         self._fps = RateMeter()
         self._ups = RateMeter()
         self.fields: dict[str, Any] = {}
+        self.extra: list[tuple[str, str]] = []
+        """(field, label) rows an algorithm adds to the display (SDPG: sigma, temperature)"""
 
     def __enter__(self) -> ProgressDisplay:
         if self._live_enabled:
@@ -158,6 +160,7 @@ class ProgressDisplay:
             ("episode", "episode"),
             ("train_return", "train return"),
             ("eval_return", "eval return"),
+            *self.extra,
             ("eta", "eta"),
         ):
             if key in f:
@@ -187,6 +190,7 @@ class ProgressDisplay:
             ("episode", "episodes"),
             ("train_return", "last train return"),
             ("eval_return", "last eval return"),
+            *self.extra,
             ("eta", "ETA"),
         ):
             table.add_row(label, _fmt(f.get(key)))

@@ -193,6 +193,8 @@ class GroupRunner:
     def run_window(self) -> WindowResult:
         """Run one window with the current weights (see the module docstring)."""
         self._seconds = dict.fromkeys(self._seconds, 0.0)
+        for nominal in self.nominals:
+            nominal.render_seconds = 0.0
         first_stack = self._stacks() if self.pixels else None
         win = self._start_window()
         for t in range(self.horizon):
@@ -318,8 +320,6 @@ class GroupRunner:
         index = np.array([r[:3] for r in win.resets], np.int64).reshape(-1, 3)
         reset_states = np.array([r[3] for r in win.resets], np.float32).reshape(-1, d)
         render = sum(n.render_seconds for n in self.nominals)
-        for nominal in self.nominals:
-            nominal.render_seconds = 0.0
         seconds = dict(self._seconds, render=self._seconds["render"] + render)
         seconds["physics"] -= render  # the nominals rendered inside the physics timer
         return WindowResult(
