@@ -28,6 +28,8 @@ examples:
   distdrq train --task cheetah_run --frames 1000000 --run-dir runs/cheetah
   distdrq train --resume runs/cheetah            # continue where it stopped
   distdrq train --task cartpole_swingup agent.lr=3e-4 env.fast_render=true
+  distdrq train --algo sdpg --task cheetah_run    # SDPG: nominals + physics clones
+  distdrq train --algo sdpg --task cheetah_run sdpg.obs=state sdpg.nominals=8 sdpg.clones=15
 
 config keys (set any as KEY=VALUE; defaults shown before algorithm and task presets):
 """
@@ -146,6 +148,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", help="task name (default walker_walk; see `distdrq tasks`)")
+    parser.add_argument(
+        "--algo", help="learning algorithm: drqv2 (default), drq, sdpg (agent.algo)"
+    )
     parser.add_argument("--frames", type=int, help="env frames to train for (train.frames)")
     parser.add_argument("--run-dir", help="where logs and checkpoints go (default runs/TASK-TIME)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
@@ -180,6 +185,8 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 def _train_overrides(args: argparse.Namespace) -> list[str]:
     overrides = []
+    if getattr(args, "algo", None) is not None:
+        overrides.append(f"agent.algo={args.algo}")
     if args.frames is not None:
         overrides.append(f"train.frames={args.frames}")
     if args.seed is not None:
@@ -200,10 +207,10 @@ def _resolve_run(args: argparse.Namespace) -> tuple[Config, Path]:
     from distdrq.run.rundir import CONFIG_FILE, load_run_config
 
     if args.resume:
-        if args.task or args.config or args.run_dir:
+        if args.task or args.config or args.run_dir or args.algo:
             raise ConfigError(
-                "--resume takes the task, config and run dir from the run; "
-                "drop --task/--config/--run-dir (KEY=VALUE overrides such as --frames are allowed)"
+                "--resume takes the task, algorithm, config and run dir from the run; drop "
+                "--task/--algo/--config/--run-dir (KEY=VALUE overrides such as --frames are allowed)"
             )
         run_dir = Path(args.resume)
         if not run_dir.is_dir():
@@ -226,6 +233,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from distdrq.trainer import Trainer
 
     cfg, run_dir = _resolve_run(args)
+    if cfg.agent.algo == "sdpg":
+        from distdrq.sdpg_trainer import SDPGTrainer as Trainer  # type: ignore[assignment]
     trainer = Trainer(cfg, run_dir, resume=bool(args.resume))
     live = False if args.plain else None
     try:
@@ -240,6 +249,11 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     from distdrq.progress import ProgressDisplay
 
     cfg, run_dir = _resolve_run(args)
+    if cfg.agent.algo == "sdpg":
+        raise ConfigError(
+            "distdrq launch does not run agent.algo=sdpg yet; train it in one process with "
+            "`distdrq train --algo sdpg`"
+        )
     live = False if args.plain else None
     progress = ProgressDisplay(cfg.env.task, cfg.train.frames, live=live)
     result = launch(

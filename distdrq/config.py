@@ -144,6 +144,74 @@ class AgentConfig:
 
 
 @dataclass
+class SDPGConfig:
+    """SDPG's own keys (``sdpg.*``, used when ``agent.algo=sdpg``); defaults as the published
+    walker/hopper configs (HaoxiangYou/SDPG ``cfgs/agent/sdpg/mujoco_walker*.yaml``). The DMC
+    adaptations (shared/reference/SDPG.md section 5) are ``horizon_seconds``,
+    ``delta_j_floor`` and ``env.action_repeat`` (``configs/algos/sdpg.yaml``); clones copy task
+    state kept outside ``mjData`` and never step through ``Environment.step``
+    (:mod:`distdrq.envs.clones`)."""
+
+    obs: str = "pixels"
+    """actor input: pixels (84x84 frame stack of the nominals, DrQ-v2 encoder) or state (the
+    task's observation vector); the critic always sees the state"""
+    nominals: int = 64
+    """N: nominal envs (the only ones rendered), each with its own clones"""
+    clones: int = 63
+    """P: physics-only clones per nominal (actions: the nominal's mean plus Gaussian noise)"""
+    horizon: int = 32
+    """H: agent steps per window (clones restart from their nominal at every window)"""
+    horizon_seconds: float = 0.0
+    """DMC adaptation: if > 0, H = round(horizon_seconds / agent step duration) instead of
+    ``horizon``, since DMC's control steps are 0.01-0.025 s and action repeat multiplies them
+    (published: 32 steps of 0.01 s = 0.32 s)"""
+    gamma: float = 0.99
+    """discount per agent step"""
+    lam: float = 0.95
+    """TD(lambda) weight of the returns"""
+    reward_scale: float = 1.0
+    """rewards are multiplied by this"""
+    delta_j_floor: float = 1e-3
+    """DMC adaptation: a (nominal, step) slot whose return differences have a std below
+    delta_j_floor * (|J_nominal| + 1) gives no ascent direction (motionless states, where
+    dividing by std + 1e-6 turns round-off into unit noise); 0: the published rule"""
+    actor_lr: float = 2e-3
+    """actor Adam learning rate after warm-up"""
+    actor_lr_min: float = 1e-5
+    """actor learning rate at the end of the cosine decay (and after it)"""
+    warmup_iterations: int = 100
+    """iterations of linear learning-rate warm-up from 0"""
+    lr_decay_iterations: int = 20000
+    """iteration at which the cosine decay reaches actor_lr_min (published: max_epochs)"""
+    critic_lr: float = 2e-4
+    """critic Adam learning rate (constant)"""
+    critic_minibatch: int = 4096
+    """critic minibatch size"""
+    critic_passes: int = 2
+    """passes over the iteration's (state, return) pairs per critic update"""
+    critic_on_clones: bool = True
+    """train the critic on clone states too (published: use_auxiliary_envs_for_critic)"""
+    target_critic_alpha: float = 0.01
+    """target <- alpha * target + (1 - alpha) * critic after each iteration"""
+    grad_clip: float = 1.0
+    """gradient-norm clip of the actor and critic steps"""
+    init_temperature: float = 0.01
+    """initial entropy temperature alpha"""
+    target_std: float = 0.15
+    """the temperature is tuned to keep the mean policy std at this value"""
+    temperature_lr: float = 1e-3
+    """Adam learning rate of log alpha"""
+    mean_bound: float = 2.0
+    """pre-tanh action means and actions are clamped to [-mean_bound, mean_bound]"""
+    log_std_min: float = -5.0
+    """lower bound of the policy's log std"""
+    log_std_max: float = 2.0
+    """upper bound of the policy's log std"""
+    log_std_init: float = 0.0
+    """initial log std (one learned vector, not state-dependent)"""
+
+
+@dataclass
 class ReplayConfig:
     """Replay buffer; frames stored once, stacks and n-step targets rebuilt at sample time."""
 
@@ -218,6 +286,7 @@ class Config:
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    sdpg: SDPGConfig = field(default_factory=SDPGConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,6 +298,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "env.gl_backend": ("egl", "osmesa", "glfw"),
     "replay.disk_codec": ("cm", "stored"),
     "replay.codec": REPLAY_CODECS,
+    "sdpg.obs": ("pixels", "state"),
 }
 
 _POSITIVE = (
@@ -257,12 +327,39 @@ _POSITIVE = (
     "distributed.chunk_length",
     "distributed.weight_sync_every",
     "distributed.prefetch",
+    "sdpg.nominals",
+    "sdpg.clones",
+    "sdpg.horizon",
+    "sdpg.reward_scale",
+    "sdpg.actor_lr",
+    "sdpg.lr_decay_iterations",
+    "sdpg.critic_lr",
+    "sdpg.critic_minibatch",
+    "sdpg.critic_passes",
+    "sdpg.grad_clip",
+    "sdpg.init_temperature",
+    "sdpg.target_std",
+    "sdpg.temperature_lr",
+    "sdpg.mean_bound",
 )
 
 
-_UNIT_INTERVAL = ("replay.discount", "agent.critic_tau", "agent.drq.encoder_tau")  # (0, 1]
+_UNIT_INTERVAL = (  # (0, 1]
+    "replay.discount",
+    "agent.critic_tau",
+    "agent.drq.encoder_tau",
+    "sdpg.gamma",
+    "sdpg.lam",
+)
 
-_ORDERED = (("agent.drq.log_std_min", "agent.drq.log_std_max"),)  # the first < the second
+_ORDERED = (  # the first < the second
+    ("agent.drq.log_std_min", "agent.drq.log_std_max"),
+    ("sdpg.log_std_min", "sdpg.log_std_max"),
+    ("sdpg.warmup_iterations", "sdpg.lr_decay_iterations"),
+    ("sdpg.actor_lr_min", "sdpg.actor_lr"),
+)
+
+_HALF_OPEN = ("sdpg.target_critic_alpha",)  # [0, 1)
 
 _NON_NEGATIVE = (
     "agent.num_expl_steps",
@@ -274,6 +371,10 @@ _NON_NEGATIVE = (
     "train.video_every_evals",
     "distributed.samples_per_insert",
     "distributed.snapshot_every_inserts",
+    "sdpg.horizon_seconds",
+    "sdpg.delta_j_floor",
+    "sdpg.actor_lr_min",
+    "sdpg.warmup_iterations",
 )
 
 
@@ -322,12 +423,28 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"env.camera_id={cfg.env.camera_id} must be -1 (the task's default camera) or >= 0"
         )
+    if cfg.agent.algo == "sdpg":
+        _check_sdpg(cfg)
     if cfg.distributed.learner_gpus < 0 and cfg.distributed.learner_gpus != -1:
         raise ConfigError(
             f"distributed.learner_gpus={cfg.distributed.learner_gpus} must be -1 (one GPU if "
             "the cluster has any) or >= 0"
         )
     return cfg
+
+
+def _check_sdpg(cfg: Config) -> None:
+    """SDPG's cross-field rules: a task whose physics clones faithfully, a log std init inside
+    its bounds."""
+    from distdrq.envs.clones import check_clonable  # imported late: it imports this module
+
+    check_clonable(cfg.env.task)
+    sdpg = cfg.sdpg
+    if not sdpg.log_std_min <= sdpg.log_std_init <= sdpg.log_std_max:
+        raise ConfigError(
+            f"sdpg.log_std_init={sdpg.log_std_init!r} must lie in [sdpg.log_std_min, "
+            f"sdpg.log_std_max] = [{sdpg.log_std_min}, {sdpg.log_std_max}]"
+        )
 
 
 def validate_agent(cfg: AgentConfig) -> AgentConfig:
@@ -372,6 +489,9 @@ def _check_tables(obj: Any, section: str) -> None:
     for key in filter(mine, _NON_NEGATIVE):
         if value(key) < 0:
             raise ConfigError(f"{key}={value(key)!r} must be >= 0")
+    for key in filter(mine, _HALF_OPEN):
+        if not 0.0 <= value(key) < 1.0:
+            raise ConfigError(f"{key}={value(key)!r} must be in [0, 1)")
 
 
 def _check_device(device: str) -> None:

@@ -101,6 +101,8 @@ class ProgressDisplay:
         self._fps = RateMeter()
         self._ups = RateMeter()
         self.fields: dict[str, Any] = {}
+        self.extra: list[tuple[str, str]] = []
+        """(field, label) rows an algorithm adds to the display (SDPG: sigma, temperature)"""
 
     def __enter__(self) -> ProgressDisplay:
         if self._live_enabled:
@@ -160,6 +162,7 @@ class ProgressDisplay:
             ("eval_return", "eval return"),
             ("restarts", "restarts"),
             ("policy_lag", "policy lag"),
+            *self.extra,
             ("eta", "eta"),
         ):
             if key in f:
@@ -191,6 +194,7 @@ class ProgressDisplay:
             ("eval_return", "last eval return"),
             ("restarts", "restarts"),  # launch only: its rows exist when it gives them
             ("policy_lag", "policy lag (versions)"),
+            *self.extra,
             ("eta", "ETA"),
         ):
             if key in f or key not in ("restarts", "policy_lag"):

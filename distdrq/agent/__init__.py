@@ -1,11 +1,14 @@
-"""Learning agents (DrQ-v2, DrQ): networks, random shift augmentation, updates (plain PyTorch).
+"""Learning agents (DrQ-v2, DrQ, SDPG): networks, random shift augmentation, updates (plain
+PyTorch).
 
-:class:`Agent` (``base.py``) holds what they share; each algorithm is a sibling module with its
-own update (``drqv2.py``, ``drq.py``), named in :data:`ALGORITHMS` (``registry.py``).
+:class:`AgentBase` (``base.py``) holds what every algorithm shares (acting, policy export,
+checkpoints), :class:`Agent` what the replay-based pixel actor-critics share; each algorithm is
+a sibling module with its own update (``drqv2.py``, ``drq.py``, ``sdpg.py``), named in
+:data:`ALGORITHMS` (``registry.py``).
 """
 
 from distdrq.agent.augment import RandomShiftsAug, random_shifts, shift_crop, shift_grid_sample
-from distdrq.agent.base import Agent, batch_to_tensors, resolve_device, resolve_precision
+from distdrq.agent.base import Agent, AgentBase, batch_to_tensors, resolve_device, resolve_precision
 from distdrq.agent.drq import DrQAgent, Temperature, sac_action
 from distdrq.agent.drqv2 import DrQV2Agent, policy_action
 from distdrq.agent.networks import (
@@ -22,11 +25,13 @@ from distdrq.agent.networks import (
 )
 from distdrq.agent.policy import Policy
 from distdrq.agent.registry import ALGORITHMS, algorithm, make_agent, register
+from distdrq.agent.sdpg import SDPGAgent
 
 __all__ = [
     "ALGORITHMS",
     "Actor",
     "Agent",
+    "AgentBase",
     "Critic",
     "DrQAgent",
     "DrQV2Agent",
@@ -48,6 +53,7 @@ __all__ = [
     "register",
     "resolve_device",
     "resolve_precision",
+    "SDPGAgent",
     "sac_action",
     "shift_crop",
     "shift_grid_sample",

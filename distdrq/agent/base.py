@@ -1,9 +1,12 @@
 """What every learning agent shares: device and precision, the networks' plumbing, acting,
 checkpoints and policy export.
 
-An algorithm subclasses :class:`Agent` with its pixel scaling, actor, action rule and update
-(:mod:`~distdrq.agent.drqv2`, :mod:`~distdrq.agent.drq`) and is named in
-:mod:`~distdrq.agent.registry`. The base builds the networks every algorithm here has (encoder,
+:class:`AgentBase` is what the registry holds and checkpoints need: acting, policy export, and a
+state dict over the agent's named modules, optimizers and loss scalers. A replay-based pixel
+actor-critic subclasses :class:`Agent` with its pixel scaling, actor, action rule and update
+(:mod:`~distdrq.agent.drqv2`, :mod:`~distdrq.agent.drq`); an on-policy algorithm with networks
+of its own subclasses :class:`AgentBase` directly (:mod:`~distdrq.agent.sdpg`). Either is
+named in :mod:`~distdrq.agent.registry`. The base builds the networks every algorithm here has (encoder,
 actor, twin-Q critic and its target; one Adam each; one fp16 loss scaler per scaled backward);
 an algorithm adds its own in :meth:`Agent.build_extra`. The config is validated by
 :func:`~distdrq.config.validate_agent`, not here.
@@ -118,8 +121,87 @@ def load_policy_weights(
         )
 
 
-class Agent(ABC):
-    """A learner and policy in plain PyTorch (no Ray), used by the trainer and the learner.
+class AgentBase(ABC):
+    """A learner and policy in plain PyTorch (no Ray): what every algorithm has.
+
+    A subclass sets :attr:`device` and :attr:`num_updates` and names its modules, optimizers
+    and (fp16) loss scalers; checkpoints (:meth:`state_dict`) and train/eval mode follow.
+    """
+
+    device: torch.device
+    num_updates: int
+
+    @abstractmethod
+    def act(self, obs: np.ndarray, step: int, eval_mode: bool) -> np.ndarray:
+        """Action float32 [A] in [-1, 1] for one observation."""
+
+    @abstractmethod
+    def policy_state_dict(self) -> dict[str, torch.Tensor]:
+        """The acting half's weights as contiguous CPU copies (for actors and evaluators)."""
+
+    @abstractmethod
+    def load_policy_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load what :meth:`policy_state_dict` gave."""
+
+    @abstractmethod
+    def _named_modules(self) -> Iterator[tuple[str, nn.Module]]:
+        """Every module in a checkpoint: the networks and any other learned state."""
+
+    @abstractmethod
+    def _named_optimizers(self) -> Iterator[tuple[str, torch.optim.Optimizer]]:
+        """Every optimizer in a checkpoint."""
+
+    def _named_scalers(self) -> Iterator[tuple[str, torch.amp.GradScaler]]:
+        """Loss scalers in a checkpoint (none by default)."""
+        yield from ()
+
+    def train(self, training: bool = True) -> None:
+        """Set train/eval mode of the networks (they behave the same in both: no dropout/BN)."""
+        for _, module in self._named_modules():
+            module.train(training)
+
+    def state_dict(self) -> dict:
+        """Modules, optimizers, loss scalers and the update count.
+
+        Tensors (on the agent's device) and plain Python only: loadable with
+        ``torch.load(..., weights_only=True)``.
+        """
+        state: dict[str, Any] = {name: m.state_dict() for name, m in self._named_modules()}
+        state.update({name: opt.state_dict() for name, opt in self._named_optimizers()})
+        state.update({name: scaler.state_dict() for name, scaler in self._named_scalers()})
+        state["num_updates"] = self.num_updates
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned (from any device and precision)."""
+        for name, module in self._named_modules():
+            module.load_state_dict(state[name])
+        for name, opt in self._named_optimizers():
+            load_optimizer_state(opt, state[name])
+        for name, scaler in self._named_scalers():
+            if scaler.is_enabled() and state.get(name):
+                scaler.load_state_dict(state[name])
+        self.num_updates = int(state.get("num_updates", 0))
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, saved: dict) -> None:
+    """Load a saved optimizer state, keeping this optimizer's kernel choice (fused on GPU, not
+    on CPU) over the saved one."""
+    flags = ("fused", "foreach", "capturable")
+    groups = [
+        {**g, **{k: own[k] for k in flags if k in own}}
+        for g, own in zip(saved["param_groups"], opt.param_groups, strict=True)
+    ]
+    opt.load_state_dict({**saved, "param_groups": groups})
+    if not any(g.get("fused") or g.get("capturable") for g in opt.param_groups):
+        for st in opt.state.values():  # non-fused Adam keeps its step count on the CPU
+            if isinstance(st.get("step"), torch.Tensor):
+                st["step"] = st["step"].cpu()
+
+
+class Agent(AgentBase):
+    """A replay-based pixel actor-critic (DrQ-v2, DrQ) in plain PyTorch (no Ray), used by the
+    trainer and the learner.
 
     An algorithm defines :attr:`pixel_offset`, :meth:`make_actor`, :meth:`action` and
     :meth:`update`, and may add networks in :meth:`build_extra`; the first three also build
@@ -247,11 +329,6 @@ class Agent(ABC):
             "critic_loss": critic_loss.detach(),
         }
 
-    def train(self, training: bool = True) -> None:
-        """Set train/eval mode of the networks (they behave the same in both: no dropout/BN)."""
-        for _, module in self._named_modules():
-            module.train(training)
-
     @torch.no_grad()
     def act(self, obs: np.ndarray, step: int, eval_mode: bool) -> np.ndarray:
         """Action float32 [A] for one uint8 observation [C, H, W] (:meth:`action`'s rule)."""
@@ -283,43 +360,8 @@ class Agent(ABC):
             ("critic_opt", self.critic_opt),
         )
 
-    def state_dict(self) -> dict:
-        """Modules, optimizers, loss scalers and the update count.
-
-        Tensors (on the agent's device) and plain Python only: loadable with
-        ``torch.load(..., weights_only=True)``.
-        """
-        state: dict[str, Any] = {name: m.state_dict() for name, m in self._named_modules()}
-        state.update({name: opt.state_dict() for name, opt in self._named_optimizers()})
-        state["critic_scaler"] = self.critic_scaler.state_dict()
-        state["actor_scaler"] = self.actor_scaler.state_dict()
-        state["num_updates"] = self.num_updates
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore what :meth:`state_dict` returned (from any device and precision)."""
-        for name, module in self._named_modules():
-            module.load_state_dict(state[name])
-        for name, opt in self._named_optimizers():
-            saved = state[name]
-            # keep this optimizer's kernel choice (fused on GPU, not on CPU) over the saved one
-            flags = ("fused", "foreach", "capturable")
-            groups = [
-                {**g, **{k: own[k] for k in flags if k in own}}
-                for g, own in zip(saved["param_groups"], opt.param_groups, strict=True)
-            ]
-            opt.load_state_dict({**saved, "param_groups": groups})
-            if not any(g.get("fused") or g.get("capturable") for g in opt.param_groups):
-                for st in opt.state.values():  # non-fused Adam keeps its step count on the CPU
-                    if isinstance(st.get("step"), torch.Tensor):
-                        st["step"] = st["step"].cpu()
-        for name, scaler in (
-            ("critic_scaler", self.critic_scaler),
-            ("actor_scaler", self.actor_scaler),
-        ):
-            if scaler.is_enabled() and state.get(name):
-                scaler.load_state_dict(state[name])
-        self.num_updates = int(state.get("num_updates", 0))
+    def _named_scalers(self) -> Iterator[tuple[str, torch.amp.GradScaler]]:
+        yield from (("critic_scaler", self.critic_scaler), ("actor_scaler", self.actor_scaler))
 
     def policy_state_dict(self) -> dict[str, torch.Tensor]:
         """Encoder and actor weights as contiguous CPU copies (``encoder.*``, ``actor.*``)."""

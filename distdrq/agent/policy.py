@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from distdrq.agent.base import load_policy_weights
+from distdrq.agent.base import Agent, load_policy_weights
 from distdrq.agent.registry import algorithm
-from distdrq.config import AgentConfig
+from distdrq.config import AgentConfig, ConfigError
 
 
 class Policy:
@@ -22,6 +22,11 @@ class Policy:
     def __init__(self, obs_shape: tuple[int, int, int], action_dim: int, cfg: AgentConfig) -> None:
         self.cfg = cfg
         self.algorithm = algorithm(cfg.algo)
+        if not issubclass(self.algorithm, Agent):
+            raise ConfigError(
+                f"agent.algo={cfg.algo} does not act through replay env actors; its own "
+                "runners act (see distdrq.run.groups for sdpg)"
+            )
         self.encoder = self.algorithm.make_encoder(obs_shape, cfg)
         self.actor = self.algorithm.make_actor(self.encoder.repr_dim, action_dim, cfg)
         self.encoder.requires_grad_(False)

@@ -104,6 +104,11 @@ class PixelEnv:
     # -- public API -----------------------------------------------------------------------
 
     @property
+    def dm_env(self) -> Any:
+        """The ``dm_control`` Environment underneath (its task, physics and action spec)."""
+        return self._env
+
+    @property
     def physics(self) -> Any:
         """The live ``dm_control`` Physics (for reach_duplo a new one after every reset)."""
         return self._env.physics
@@ -146,6 +151,12 @@ class PixelEnv:
             if ts.last():
                 last = True
                 break
+        return self.advance_frame(float(reward), float(discount), last)
+
+    def advance_frame(self, reward: float, discount: float, last: bool) -> TimeStep:
+        """Render the physics as it is now into the next stack slot and return the time step:
+        what :meth:`step` does after its physics steps, for callers that step :attr:`physics`
+        themselves (SDPG's nominals, :class:`distdrq.envs.clones.NominalEnv`)."""
         self._head = (self._head + 1) % self.cfg.frame_stack
         self._render_into(self._head)
         self._needs_reset = last
@@ -228,6 +239,15 @@ class PixelEnv:
 def make_env(cfg: EnvConfig, seed: int) -> PixelEnv:
     """Build the pixel env for ``cfg.task`` seeded with ``seed``."""
     return PixelEnv(cfg, seed)
+
+
+def load_task(name: str, seed: int, cfg: EnvConfig) -> Any:
+    """The ``dm_control`` Environment of task ``name`` (DrQ-v2's name), seeded, not rendered
+    (for envs that need only its physics, such as SDPG's state-only nominals)."""
+    spec = TASKS.get(name)
+    if spec is None:
+        raise ValueError(f"unknown task {name!r}; run `distdrq tasks` to list the tasks")
+    return _load(spec, seed, cfg.gl_backend)
 
 
 def _load(spec: TaskSpec, seed: int, gl_backend: str) -> Any:

@@ -14,11 +14,13 @@ from torch import nn
 from distdrq.agent import (
     ALGORITHMS,
     Agent,
+    AgentBase,
     DrQAgent,
     DrQV2Agent,
     Encoder,
     Policy,
     RandomShiftsAug,
+    SDPGAgent,
     TruncatedNormal,
     TwinQ,
     batch_to_tensors,
@@ -384,10 +386,11 @@ def toy_algorithm():
 
 
 def test_the_agents_are_siblings_on_one_base() -> None:
-    assert dict(ALGORITHMS) == {"drqv2": DrQV2Agent, "drq": DrQAgent}
-    for cls in ALGORITHMS.values():
+    assert dict(ALGORITHMS) == {"drqv2": DrQV2Agent, "drq": DrQAgent, "sdpg": SDPGAgent}
+    for cls in (DrQV2Agent, DrQAgent):  # the replay actor-critics
         assert cls.__bases__ == (Agent,)
         assert "__init__" not in vars(cls)  # the base builds; the algorithm adds (build_extra)
+    assert SDPGAgent.__bases__ == (AgentBase,) and Agent.__bases__ == (AgentBase,)
 
 
 def test_a_registered_algorithm_is_selectable_by_name(toy_algorithm: str) -> None:
@@ -404,7 +407,9 @@ def test_a_registered_algorithm_is_selectable_by_name(toy_algorithm: str) -> Non
     np.testing.assert_allclose(policy.act(obs, 1000, True), agent.act(obs, 1000, True), rtol=1e-5)
     with pytest.raises(ConfigError) as info:
         load_config("cheetah_run", overrides=["agent.algo=tyo"])
-    assert str(info.value) == "agent.algo='tyo' is not allowed; choose one of: drqv2, drq, toy"
+    assert (
+        str(info.value) == "agent.algo='tyo' is not allowed; choose one of: drqv2, drq, sdpg, toy"
+    )
 
 
 def test_an_unknown_algorithm_is_the_same_one_line_error_everywhere() -> None:
@@ -416,10 +421,10 @@ def test_an_unknown_algorithm_is_the_same_one_line_error_everywhere() -> None:
     ):
         with pytest.raises(ConfigError) as info:
             build()
-        assert str(info.value) == "agent.algo='ppo' is not allowed; choose one of: drqv2, drq"
+        assert str(info.value) == "agent.algo='ppo' is not allowed; choose one of: drqv2, drq, sdpg"
 
 
 def test_register_takes_agent_classes_only() -> None:
-    with pytest.raises(TypeError, match="not an Agent subclass"):
+    with pytest.raises(TypeError, match="not an AgentBase subclass"):
         register("toy", object)  # type: ignore[arg-type]
     assert "toy" not in ALGORITHMS
