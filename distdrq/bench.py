@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import weakref
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,6 +58,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="cap this process's GPU memory (e.g. 6 to emulate a 6 GB card)",
     )
     memory.add_argument("--updates", type=int, default=2, help="warm-up updates before measuring")
+    memory.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
     memory.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     return bench
 
@@ -71,6 +74,8 @@ def run_bench(args: argparse.Namespace) -> int:
     cfg = load_config(args.task, args.config, overrides)
     report = memory_report(cfg, gpu_memory_gb=args.gpu_memory_gb, warmup=args.updates)
     print(format_memory_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
     return 0
 
 
