@@ -26,13 +26,15 @@ import dataclasses
 import json
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from distdrq.config import Config, ConfigError, load_config
 from distdrq.types import Batch
+
+if TYPE_CHECKING:  # imported where used: the CLI registers this parser for every command
+    import torch
 
 _GIB = 1024**3
 _MIB = 1024**2
@@ -89,6 +91,8 @@ def _tensor_bytes(t: torch.Tensor) -> int:
 def _saved_tensor_bytes(fn: Any, exclude: set[int]) -> tuple[Any, int]:
     """Run ``fn()``; the peak over time of the bytes of distinct live storages that autograd
     holds saved for backward (a storage is released when its graph is freed)."""
+    import torch
+
     live: dict[int, list[int]] = {}  # storage pointer -> [bytes, saved tensors holding it]
     total, peak = 0, 0
 
@@ -146,6 +150,8 @@ def memory_report(
     cfg: Config, gpu_memory_gb: float | None = None, warmup: int = 2
 ) -> dict[str, Any]:
     """Measure the learner of ``cfg`` (on ``cfg.agent.device``); see the module docstring."""
+    import torch
+
     from distdrq.agent import make_agent, resolve_device
     from distdrq.envs import make_env
     from distdrq.replay.shard import drqv2_bytes_per_transition

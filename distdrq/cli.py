@@ -279,6 +279,17 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+_USER_ERRORS = ("CheckpointError", "LaunchError", "GLBackendError", "StatusError")
+"""distdrq's runtime errors that end a command in one ``error:`` line. Matched by name, so
+that the CLI need not import their modules (torch, Ray) for commands that never raise them:
+``distdrq status`` and ``distdrq tasks`` answer fast."""
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    kind = type(exc)
+    return kind.__name__ in _USER_ERRORS and kind.__module__.startswith("distdrq.")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``distdrq`` console script."""
     parser = _build_parser()
@@ -293,9 +304,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from distdrq.checkpoint import CheckpointError
-    from distdrq.distributed.launch import LaunchError
-
     handlers = {
         "train": _cmd_train,
         "launch": _cmd_launch,
@@ -310,11 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (CheckpointError, LaunchError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except RuntimeError as exc:
-        if type(exc).__name__ != "GLBackendError":
+        if not _is_user_error(exc):
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
