@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from distdrq.config import (
     load_config,
     to_dict,
 )
+from distdrq.run.rundir import removed_if_unstarted
 
 _TRAIN_EXAMPLES = """\
 examples:
@@ -226,12 +226,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from distdrq.trainer import Trainer
 
     cfg, run_dir = _resolve_run(args)
-    trainer = Trainer(cfg, run_dir, resume=bool(args.resume))
-    live = False if args.plain else None
-    try:
-        trainer.train(ProgressDisplay(cfg.env.task, cfg.train.frames, live=live))
-    finally:
-        trainer.close()
+    with removed_if_unstarted(run_dir, fresh=not args.resume):
+        trainer = Trainer(cfg, run_dir, resume=bool(args.resume))
+        live = False if args.plain else None
+        try:
+            trainer.train(ProgressDisplay(cfg.env.task, cfg.train.frames, live=live))
+        finally:
+            trainer.close()
     return 0
 
 
@@ -242,15 +243,16 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     cfg, run_dir = _resolve_run(args)
     live = False if args.plain else None
     progress = ProgressDisplay(cfg.env.task, cfg.train.frames, live=live)
-    result = launch(
-        cfg,
-        run_dir,
-        bool(args.resume),
-        args.address,
-        progress,
-        metrics_host=args.metrics_host,
-        metrics_port=args.metrics_port,
-    )
+    with removed_if_unstarted(run_dir, fresh=not args.resume):
+        result = launch(
+            cfg,
+            run_dir,
+            bool(args.resume),
+            args.address,
+            progress,
+            metrics_host=args.metrics_host,
+            metrics_port=args.metrics_port,
+        )
     return 0 if result["reason"] in ("done", "interrupted") else 1
 
 
@@ -275,7 +277,11 @@ def _cmd_plot(args: argparse.Namespace) -> int:
             raise ConfigError(f"{run_dir}: no such run directory")
     out = Path(args.out) if args.out else run_dirs[0] / "curves.png"
     reference = Path(args.reference) if args.reference else None
-    print(f"wrote {plot_runs(run_dirs, out, reference)}")
+
+    def warn(text: str) -> None:
+        print(f"warning: {text}", file=sys.stderr)
+
+    print(f"wrote {plot_runs(run_dirs, out, reference, warn)}")
     return 0
 
 
@@ -331,6 +337,5 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-if __name__ == "__main__":
-    os.environ.setdefault("MUJOCO_GL", "egl")
+if __name__ == "__main__":  # MUJOCO_GL: from the environment, else env.gl_backend (dmc.py)
     sys.exit(main())
