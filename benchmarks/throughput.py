@@ -21,7 +21,7 @@
 Per-core efficiency = distributed frames/s / (min(actors, cores) x bare env+policy frames/s).
 
 ``--mode end-to-end`` (a GPU machine, e.g. 16 cores + 1 GPU): ``distdrq launch`` in-process on
-walker_walk with the preset's DrQ-v2 settings, ``distributed.samples_per_insert=128``, learner
+walker_walk with the preset's DrQ-v2 settings and replay ratio (``--samples-per-insert``), learner
 on ``--device`` (cuda), for each of ``--e2e-actors`` (default 8,14), stopped by SIGINT after
 ``--minutes`` of wall-clock (Ray start included) unless the frame budget ends it first.
 Reports frames/s (overall and steady state), updates/s, the measured samples per insert, the
@@ -543,16 +543,32 @@ def _rate(points: list[tuple[float, int, int]], index: int, since: float) -> flo
     return float(np.polyfit(t, y, 1)[0])
 
 
+def _rates_so_far(points: list[tuple[float, int, int]], elapsed: float) -> dict[str, Any]:
+    """Frames and updates so far and their rates (the second half of the points: steady)."""
+    since = (points[-1][0] / 2) if points else 0.0
+    frames, updates = (points[-1][1], points[-1][2]) if points else (0, 0)
+    return {
+        "elapsed_seconds": round(elapsed, 1),
+        "frames": frames,
+        "updates": updates,
+        "frames_per_second_overall": frames / elapsed,
+        "updates_per_second_overall": updates / elapsed,
+        "frames_per_second_steady": _rate(points, 1, since),
+        "updates_per_second_steady": _rate(points, 2, since),
+    }
+
+
 def end_to_end_one(args: argparse.Namespace, actors: int) -> dict[str, Any]:
     from distdrq.distributed.launch import launch
 
     overrides = [
         f"distributed.actors={actors}",
         f"distributed.shards={args.shards}",
-        f"distributed.samples_per_insert={args.samples_per_insert}",
         f"agent.device={args.device}",
         *args.overrides,
     ]
+    if args.samples_per_insert is not None:
+        overrides.append(f"distributed.samples_per_insert={args.samples_per_insert}")
     if args.frames:
         overrides.append(f"train.frames={args.frames}")
     if args.fast_render:
@@ -562,7 +578,15 @@ def end_to_end_one(args: argparse.Namespace, actors: int) -> dict[str, Any]:
     run_dir = Path(args.run_root) / f"{cfg.env.task}-a{actors}-{stamp}"
     progress = _recording_progress(f"{cfg.env.task} x{actors}", cfg.train.frames)
     budget = args.minutes * 60.0
-    timer = threading.Timer(budget, lambda: os.kill(os.getpid(), signal.SIGINT))
+
+    def at_budget() -> None:  # the rates so far, in case stopping outlasts a caller's timeout
+        if args.out:
+            partial = {"partial": True, "actors": actors, "run_dir": str(run_dir)}
+            partial |= _rates_so_far(progress.points, time.monotonic() - t0)
+            Path(args.out + ".partial").write_text(json.dumps(partial, indent=1))
+        os.kill(os.getpid(), signal.SIGINT)
+
+    timer = threading.Timer(budget, at_budget)
     timer.daemon = True
     print(f"end-to-end: {actors} actors, run dir {run_dir}, budget {args.minutes} min", flush=True)
     t0 = time.monotonic()
@@ -600,12 +624,18 @@ def end_to_end_one(args: argparse.Namespace, actors: int) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "reason": counters.get("reason"),
         "elapsed_seconds": round(elapsed, 1),
+        "budget_seconds": budget,
+        "stop_seconds": round(elapsed - budget, 1)
+        if counters.get("reason") == "interrupted"
+        else None,
         "coordinator_wall_time": round(float(counters["wall_time"]), 1),
         "frames": frames,
         "updates": updates,
         "frames_per_second_overall": frames / elapsed,
         "frames_per_second_steady": _rate(points, 1, steady_since),
         "updates_per_second_steady": _rate(points, 2, steady_since),
+        "updates_per_second_overall": updates / elapsed,
+        "samples_per_insert": cfg.distributed.samples_per_insert,
         "measured_samples_per_insert": updates * cfg.agent.batch_size / max(transitions, 1.0),
         "batch_size": cfg.agent.batch_size,
         "evals": evals,
@@ -620,9 +650,10 @@ def end_to_end_one(args: argparse.Namespace, actors: int) -> dict[str, Any]:
 def end_to_end(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"mode": "end-to-end", "cores": os.cpu_count(), "runs": []}
     out["load_before"] = loadavg()
-    for actors in [int(x) for x in args.e2e_actors.split(",")]:
+    for i, actors in enumerate(int(x) for x in args.e2e_actors.split(",")):
+        if i:
+            time.sleep(5)  # let the previous run's Ray processes go
         out["runs"].append(end_to_end_one(args, actors))
-        time.sleep(5)
     out["load_after"] = loadavg()
     try:
         import torch
@@ -681,7 +712,9 @@ def main() -> None:
     g.add_argument("--window", type=float, default=30.0, help="measured seconds per config")
     g = parser.add_argument_group("end-to-end")
     g.add_argument("--e2e-actors", default="8,14", help="env actor counts, comma separated")
-    g.add_argument("--samples-per-insert", type=float, default=128.0)
+    g.add_argument(
+        "--samples-per-insert", type=float, default=None, help="default: the preset's (128)"
+    )
     g.add_argument("--device", default="cuda", help="learner device (agent.device)")
     g.add_argument("--minutes", type=float, default=15.0, help="wall-clock budget per run")
     g.add_argument("--frames", type=int, default=0, help="train.frames (0: the preset's)")

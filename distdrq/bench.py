@@ -23,14 +23,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import weakref
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from distdrq.config import Config, ConfigError, load_config
 from distdrq.types import Batch
+
+if TYPE_CHECKING:  # imported where used: the CLI registers this parser for every command
+    import torch
 
 _GIB = 1024**3
 _MIB = 1024**2
@@ -56,6 +60,7 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="cap this process's GPU memory (e.g. 6 to emulate a 6 GB card)",
     )
     memory.add_argument("--updates", type=int, default=2, help="warm-up updates before measuring")
+    memory.add_argument("--json", metavar="FILE", help="also write the report as JSON to FILE")
     memory.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     return bench
 
@@ -71,6 +76,8 @@ def run_bench(args: argparse.Namespace) -> int:
     cfg = load_config(args.task, args.config, overrides)
     report = memory_report(cfg, gpu_memory_gb=args.gpu_memory_gb, warmup=args.updates)
     print(format_memory_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1))
     return 0
 
 
@@ -84,6 +91,8 @@ def _tensor_bytes(t: torch.Tensor) -> int:
 def _saved_tensor_bytes(fn: Any, exclude: set[int]) -> tuple[Any, int]:
     """Run ``fn()``; the peak over time of the bytes of distinct live storages that autograd
     holds saved for backward (a storage is released when its graph is freed)."""
+    import torch
+
     live: dict[int, list[int]] = {}  # storage pointer -> [bytes, saved tensors holding it]
     total, peak = 0, 0
 
@@ -141,6 +150,8 @@ def memory_report(
     cfg: Config, gpu_memory_gb: float | None = None, warmup: int = 2
 ) -> dict[str, Any]:
     """Measure the learner of ``cfg`` (on ``cfg.agent.device``); see the module docstring."""
+    import torch
+
     from distdrq.agent import make_agent, resolve_device
     from distdrq.envs import make_env
     from distdrq.replay.shard import drqv2_bytes_per_transition

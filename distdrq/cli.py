@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from distdrq.config import (
     load_config,
     to_dict,
 )
+from distdrq.run.rundir import removed_if_unstarted
 
 _TRAIN_EXAMPLES = """\
 examples:
@@ -235,12 +235,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg, run_dir = _resolve_run(args)
     if cfg.agent.algo == "sdpg":
         from distdrq.sdpg_trainer import SDPGTrainer as Trainer  # type: ignore[assignment]
-    trainer = Trainer(cfg, run_dir, resume=bool(args.resume))
-    live = False if args.plain else None
-    try:
-        trainer.train(ProgressDisplay(cfg.env.task, cfg.train.frames, live=live))
-    finally:
-        trainer.close()
+    with removed_if_unstarted(run_dir, fresh=not args.resume):
+        trainer = Trainer(cfg, run_dir, resume=bool(args.resume))
+        live = False if args.plain else None
+        try:
+            trainer.train(ProgressDisplay(cfg.env.task, cfg.train.frames, live=live))
+        finally:
+            trainer.close()
     return 0
 
 
@@ -256,15 +257,16 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         )
     live = False if args.plain else None
     progress = ProgressDisplay(cfg.env.task, cfg.train.frames, live=live)
-    result = launch(
-        cfg,
-        run_dir,
-        bool(args.resume),
-        args.address,
-        progress,
-        metrics_host=args.metrics_host,
-        metrics_port=args.metrics_port,
-    )
+    with removed_if_unstarted(run_dir, fresh=not args.resume):
+        result = launch(
+            cfg,
+            run_dir,
+            bool(args.resume),
+            args.address,
+            progress,
+            metrics_host=args.metrics_host,
+            metrics_port=args.metrics_port,
+        )
     return 0 if result["reason"] in ("done", "interrupted") else 1
 
 
@@ -289,8 +291,23 @@ def _cmd_plot(args: argparse.Namespace) -> int:
             raise ConfigError(f"{run_dir}: no such run directory")
     out = Path(args.out) if args.out else run_dirs[0] / "curves.png"
     reference = Path(args.reference) if args.reference else None
-    print(f"wrote {plot_runs(run_dirs, out, reference)}")
+
+    def warn(text: str) -> None:
+        print(f"warning: {text}", file=sys.stderr)
+
+    print(f"wrote {plot_runs(run_dirs, out, reference, warn)}")
     return 0
+
+
+_USER_ERRORS = ("CheckpointError", "LaunchError", "GLBackendError", "StatusError")
+"""distdrq's runtime errors that end a command in one ``error:`` line. Matched by name, so
+that the CLI need not import their modules (torch, Ray) for commands that never raise them:
+``distdrq status`` and ``distdrq tasks`` answer fast."""
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    kind = type(exc)
+    return kind.__name__ in _USER_ERRORS and kind.__module__.startswith("distdrq.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,9 +324,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    from distdrq.checkpoint import CheckpointError
-    from distdrq.distributed.launch import LaunchError
-
     handlers = {
         "train": _cmd_train,
         "launch": _cmd_launch,
@@ -324,11 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (CheckpointError, LaunchError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except RuntimeError as exc:
-        if type(exc).__name__ != "GLBackendError":
+        if not _is_user_error(exc):
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -340,6 +351,5 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-if __name__ == "__main__":
-    os.environ.setdefault("MUJOCO_GL", "egl")
+if __name__ == "__main__":  # MUJOCO_GL: from the environment, else env.gl_backend (dmc.py)
     sys.exit(main())

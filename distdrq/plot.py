@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -37,9 +38,12 @@ def run_task(run_dir: Path) -> str | None:
     return (yaml.safe_load(path.read_text()) or {}).get("env", {}).get("task")
 
 
-def read_reference(path: Path, task: str | None) -> dict[str, list[tuple[float, float, float]]]:
+def read_reference(
+    path: Path, task: str | None, warn: Callable[[str], None] | None = None
+) -> dict[str, list[tuple[float, float, float]]]:
     """Reference curves (DrQ-v2's released CSV layout: agent, task, seed, frame, episode_reward,
-    hour) as mean over seeds per frame: {agent: [(frame, mean, hour)]}."""
+    hour) as mean over seeds per frame: {agent: [(frame, mean, hour)]}. Only rows of ``task``
+    (if given); ``warn`` hears, in one line, of a file that holds other tasks only."""
     if not path.is_file():
         raise ConfigError(f"--reference {path}: no such file")
     per: dict[str, dict[float, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
@@ -48,12 +52,19 @@ def read_reference(path: Path, task: str | None) -> dict[str, list[tuple[float, 
         missing = {"frame", "episode_reward"} - set(reader.fieldnames or ())
         if missing:
             raise ConfigError(f"--reference {path}: missing column(s) {', '.join(sorted(missing))}")
+        others = set()
         for row in reader:
             if task and row.get("task") and row["task"] != task:
+                others.add(row["task"])
                 continue
             agent = row.get("agent") or path.stem
             hour = float(row.get("hour") or "nan")
             per[agent][float(row["frame"])].append((float(row["episode_reward"]), hour))
+    if others and not per and warn is not None:
+        warn(
+            f"--reference {path} holds {', '.join(sorted(others))}, not {task}: "
+            "no reference curve plotted"
+        )
     out = {}
     for agent, by_frame in per.items():
         out[agent] = [
@@ -67,8 +78,14 @@ def read_reference(path: Path, task: str | None) -> dict[str, list[tuple[float, 
     return out
 
 
-def plot_runs(run_dirs: list[Path], out: Path, reference: Path | None = None) -> Path:
-    """Write one PNG with two panels: eval return vs frames and vs wall-clock hours."""
+def plot_runs(
+    run_dirs: list[Path],
+    out: Path,
+    reference: Path | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Path:
+    """Write one PNG with two panels: eval return vs frames and vs wall-clock hours; ``warn``
+    hears of a reference that holds none of the runs' task."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,7 +102,7 @@ def plot_runs(run_dirs: list[Path], out: Path, reference: Path | None = None) ->
         by_time.plot(hours, returns, marker="o", ms=3, label=run_dir.name)
     if reference is not None:
         task = next(iter(tasks)) if len(tasks) == 1 else None
-        for agent, points in read_reference(reference, task).items():
+        for agent, points in read_reference(reference, task, warn).items():
             xs, ys, hs = zip(*points, strict=True)
             by_frames.plot(xs, ys, "--", color="grey", label=f"{agent} (reference)")
             if all(math.isfinite(h) for h in hs):

@@ -1,23 +1,83 @@
-"""``distdrq status``: the live state of every distdrq run on a Ray cluster."""
+"""``distdrq status``: the live state of every distdrq run on a Ray cluster.
+
+It answers in about a second: it imports Ray and nothing of the training stack (no torch, no
+launch module; ``distdrq.cli`` imports none of them either), and reads whether env actors are
+alive from Ray's state API, since a handle to an env actor would load its class (torch).
+"""
 
 from __future__ import annotations
 
 import math
 import os
+import socket
 from typing import Any
 
 from distdrq.distributed import enable_token_auth_if_available
-from distdrq.distributed.cluster import NAMESPACE, LaunchError, check_reachable
+from distdrq.distributed.cluster import NAMESPACE  # Ray and config only: no torch
+
+PING_TIMEOUT_S = 2.0
+"""How long the env actors of a run get to answer a ping (all at once)."""
 
 
-def _alive(handle: Any) -> bool:
+class StatusError(RuntimeError):
+    """``distdrq status`` cannot reach the cluster."""
+
+
+def _check_reachable(address: str, timeout: float = 3.0) -> None:
+    if ":" not in address:  # "auto", "local": nothing to probe
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except (OSError, ValueError) as exc:
+        raise StatusError(
+            f"no Ray cluster found at {address} ({exc}); pass --address of a running "
+            "`distdrq launch` or `ray start --head`"
+        ) from exc
+
+
+def _actor_states() -> dict[str, str] | None:
+    """Ray's state (ALIVE, RESTARTING, DEAD, ...) of each named distdrq actor, read from the
+    cluster's state API (its dashboard) without loading the actors' classes, which would import
+    torch; an actor whose name has several entries (restarts) counts as alive if one is. None
+    where the cluster has no dashboard."""
     import ray
+    from ray.util.state import list_actors
 
     try:
-        ray.get(handle.ping.remote(), timeout=5)
-        return True
-    except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
-        return False
+        actors = list_actors(
+            address=ray.get_runtime_context().gcs_address,
+            filters=[("ray_namespace", "=", NAMESPACE)],
+            limit=10_000,  # the API server's maximum
+            timeout=10,
+        )
+    except Exception:  # noqa: BLE001 - no dashboard or state API: the caller pings instead
+        return None
+    states: dict[str, str] = {}
+    for actor in actors:
+        if actor.name and states.get(actor.name) != "ALIVE":
+            states[actor.name] = actor.state
+    return states
+
+
+def _count_alive(names: list[str], states: dict[str, str] | None) -> int:
+    """How many of the actors ``names`` are alive: by ``states``, else by a ping (all at once,
+    answered within :data:`PING_TIMEOUT_S`)."""
+    import ray
+
+    if states is not None:
+        return sum(states.get(n) == "ALIVE" for n in names)
+    refs = [ray.get_actor(n).ping.remote() for n in names]
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=PING_TIMEOUT_S)
+    alive = 0
+    for ref in ready:
+        try:
+            ray.get(ref)
+            alive += 1
+        except ray.exceptions.RayError:  # died
+            pass
+    return alive
 
 
 def collect_status(address: str) -> list[dict[str, Any]]:
@@ -35,11 +95,12 @@ def collect_status(address: str) -> list[dict[str, Any]]:
             if a.get("namespace") == NAMESPACE
         ]
         runs = sorted({n[: -len("-coordinator")] for n in names if n.endswith("-coordinator")})
+        states = _actor_states() if runs else None
         out = []
         for run in runs:
             snap = ray.get(ray.get_actor(f"{run}-coordinator").snapshot.remote(), timeout=10)
             envs = sorted(n for n in names if n.startswith(f"{run}-env-"))
-            alive = sum(_alive(ray.get_actor(n)) for n in envs)
+            alive = _count_alive(envs, states)
             out.append({"run": run, "snapshot": snap, "actors": len(envs), "alive": alive})
         return out
     finally:
@@ -58,7 +119,7 @@ def print_status(address: str | None) -> int:
     try:
         runs = collect_status(address)
     except ConnectionError as exc:
-        raise LaunchError(
+        raise StatusError(
             f"no Ray cluster found at {address} ({exc}); pass --address of a running "
             "`distdrq launch` or `ray start --head`"
         ) from exc

@@ -69,6 +69,7 @@ class Trainer:
             self._restore()
         else:
             self.counters.next_checkpoint_frame = cfg.train.checkpoint_every_frames
+            self.env.check_rendering()  # a run that cannot render leaves no run directory
             save_run_config(self.run_dir, cfg)
         self.train_log = CsvLog(self.run_dir / "train.csv")
         self.eval_log = CsvLog(self.run_dir / "eval.csv")

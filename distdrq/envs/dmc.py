@@ -11,6 +11,8 @@ dm_control is imported lazily so that ``MUJOCO_GL`` can be set from the config f
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 from typing import Any
 
 import numpy as np
@@ -112,6 +114,12 @@ class PixelEnv:
     def physics(self) -> Any:
         """The live ``dm_control`` Physics (for reach_duplo a new one after every reset)."""
         return self._env.physics
+
+    def check_rendering(self) -> None:
+        """Create the OpenGL context now, so that a backend that cannot render fails here
+        (:class:`GLBackendError`) rather than at the first ``reset``."""
+        if self._camera is None:
+            self._bind_physics()
 
     def reset(self) -> TimeStep:
         """Start an episode; every stack slot holds the first frame."""
@@ -250,11 +258,45 @@ def load_task(name: str, seed: int, cfg: EnvConfig) -> Any:
     return _load(spec, seed, cfg.gl_backend)
 
 
+def _check_display(configured: str) -> None:
+    """glfw opens a window: without a display it fails only after GLFW's warnings and a
+    traceback from dm_control's half-made context, so refuse it first, in one line."""
+    on_linux = sys.platform.startswith("linux")
+    display = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    if os.environ.get("MUJOCO_GL") == "glfw" and on_linux and not display:
+        raise _gl_error(RuntimeError("no display: DISPLAY is not set"), configured)
+
+
+def _import_dm_control(configured: str) -> tuple[Any, Any]:
+    """dm_control's ``manipulation`` and ``suite``. With glfw, a failed ``glfw.init()`` (which
+    pyGLFW reports only as warnings, dm_control going on to fail later with a traceback of its
+    half-made context) is a :class:`GLBackendError` naming GLFW's own reason."""
+    if os.environ.get("MUJOCO_GL") != "glfw":
+        from dm_control import manipulation, suite
+
+        return manipulation, suite
+    import glfw  # pyGLFW, dm_control's binding
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", glfw.GLFWError)
+        from dm_control import manipulation, suite
+    failures = [str(w.message) for w in caught if issubclass(w.category, glfw.GLFWError)]
+    for w in caught:
+        if not issubclass(w.category, glfw.GLFWError):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    if failures:
+        raise _gl_error(RuntimeError(f"GLFW: {'; '.join(failures)}"), configured)
+    return manipulation, suite
+
+
 def _load(spec: TaskSpec, seed: int, gl_backend: str) -> Any:
     os.environ.setdefault("MUJOCO_GL", gl_backend)
+    _check_display(gl_backend)
     try:
-        from dm_control import manipulation, suite
+        manipulation, suite = _import_dm_control(gl_backend)
     except (ImportError, RuntimeError, AttributeError, OSError) as exc:
+        if isinstance(exc, GLBackendError):
+            raise
         if isinstance(exc, ModuleNotFoundError) and exc.name and exc.name.startswith("dm_control"):
             raise
         raise _gl_error(exc, gl_backend) from exc

@@ -53,6 +53,9 @@ class PointReachEnv:
             self._stack[-c:] = frame
         return self._stack.copy()
 
+    def check_rendering(self) -> None:
+        """Nothing to check: numpy draws the frames (no OpenGL)."""
+
     def reset(self) -> TimeStep:
         """Start an episode with the dot at a uniform random position."""
         self._pos = self._rng.uniform(-1.0, 1.0, size=2)

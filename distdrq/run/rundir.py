@@ -9,10 +9,12 @@ A run directory holds ``config.yaml`` (the resolved config; ``--resume`` reads i
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import re
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,22 @@ def save_run_config(run_dir: Path, cfg: Config) -> None:
     """Write the resolved config of a run as YAML."""
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / CONFIG_FILE).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+@contextlib.contextmanager
+def removed_if_unstarted(run_dir: Path, fresh: bool) -> Iterator[None]:
+    """On an error in the block, remove ``run_dir`` if the block created it for a ``fresh``
+    run and it holds no file but its config: a run that could not start, which neither a new
+    run (the directory holds a run) nor ``--resume`` (no checkpoint) would accept."""
+    existed = run_dir.exists()
+    try:
+        yield
+    except BaseException:
+        if fresh and not existed and run_dir.is_dir():
+            files = [p for p in run_dir.rglob("*") if not p.is_dir()]
+            if all(p == run_dir / CONFIG_FILE for p in files):
+                shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -235,6 +235,21 @@ def test_prometheus_config(name, target):
         assert files == ["/tmp/ray/prom_metrics_service_discovery.json"]
 
 
+def _serves_metrics(command: str) -> bool:
+    from distdrq.cli import _build_parser
+
+    sub = next(a for a in _build_parser()._actions if a.dest == "command").choices[command]
+    return any("--metrics-port" in action.option_strings for action in sub._actions)
+
+
+def test_local_prometheus_names_only_commands_that_serve_metrics():
+    comments = [x for x in (DEPLOY / "prometheus-local.yml").read_text().splitlines() if "#" in x]
+    paragraphs = (DEPLOY / "README.md").read_text().split("\n\n")
+    text = "\n".join(comments + [p for p in paragraphs if "prometheus-local.yml" in p])
+    named = set(re.findall(r"distdrq (train|launch)", text))
+    assert "launch" in named and all(_serves_metrics(c) for c in named), named
+
+
 @pytest.mark.parametrize("name", ["prometheus.yml", "prometheus-local.yml"])
 def test_promtool_checks_config(name):
     promtool = shutil.which("promtool")
