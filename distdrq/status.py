@@ -85,7 +85,7 @@ def collect_status(address: str) -> list[dict[str, Any]]:
     import ray
 
     if address not in ("auto",):
-        check_reachable(address)
+        _check_reachable(address)
         enable_token_auth_if_available()
     ray.init(address=address, namespace=NAMESPACE, log_to_driver=False, configure_logging=False)
     try:
