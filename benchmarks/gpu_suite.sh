@@ -5,7 +5,7 @@
 #   memory_drqv2    peak GPU memory of DrQ-v2 at batch 256 (`distdrq bench memory`)
 #   memory_nano     the same for the nano profile (configs/nano_cheetah_run.yaml)
 #   replay          replay sampling (benchmarks/replay.py, through cmd_replay below)
-#   sdpg            one SDPG iteration's time split: recorded "not built" until SDPG exists
+#   sdpg            one SDPG iteration's time split (benchmarks/sdpg_iteration.py)
 #   launch          a 4-minute `distdrq launch` on walker_walk with 14 actors at the preset's
 #                   replay ratio: frames/s, updates/s, measured samples per insert, stop time
 #                   (benchmarks/throughput.py --mode end-to-end: the launch's final counters)
@@ -44,7 +44,7 @@ while (($#)); do
   shift
 done
 
-declare -A LIMIT=([learner_update]=75 [memory_drqv2]=40 [memory_nano]=40 [replay]=75 [sdpg]=10
+declare -A LIMIT=([learner_update]=60 [memory_drqv2]=40 [memory_nano]=40 [replay]=50 [sdpg]=50
   [launch]=290)
 
 if [[ $MODE == gpu ]]; then
@@ -69,11 +69,15 @@ else
     agent.hidden_dim=32 agent.feature_dim=16 train.seed_frames=200
     train.eval_every_frames=1000000 distributed.evaluator=false)
 fi
-# SDPG's iteration time split. SDPG is not built yet; to enable the step, set the command that
-# measures one iteration (it gets the JSON file to write as its last argument, holding
-# {"iteration_seconds": s, "phases": {"<phase>": s, ...}}), e.g.
-# SDPG_ITERATION=("$PY" benchmarks/sdpg_iteration.py --device "$DEVICE" --out)
-SDPG_ITERATION=()
+# SDPG's iteration time split (single process): the command gets the JSON file to write as its
+# last argument, holding {"iteration_seconds": s, "phases": {"<phase>": s, ...}}. Empty: the step
+# records "not built".
+if [[ $MODE == gpu ]]; then
+  SDPG_ARGS=(--iterations 3 sdpg.nominals=16 sdpg.clones=15)  # pixels, the published window
+else
+  SDPG_ARGS=(--iterations 1 sdpg.obs=state sdpg.nominals=2 sdpg.clones=2 sdpg.horizon=4)
+fi
+SDPG_ITERATION=("$PY" benchmarks/sdpg_iteration.py --device "$DEVICE" "${SDPG_ARGS[@]}" --out)
 RAW=$WORK/raw
 mkdir -p "$RAW" "$WORK/logs" "$WORK/status" "$(dirname "$OUT")"
 

@@ -90,10 +90,10 @@ def test_replay_tables_are_read_whatever_their_columns():
     ]  # fmt: skip
 
 
-def test_sdpg_is_recorded_as_not_built_while_no_algorithm_has_that_name(tmp_path, monkeypatch):
+def test_sdpg_skip_reason_follows_the_registry(tmp_path, monkeypatch):
     from distdrq.agent import registry
 
     out = tmp_path / "sdpg.json"
+    assert "set SDPG_ITERATION" in gpu_suite.not_built("sdpg", out)["skipped"]  # registered
+    monkeypatch.delitem(registry.ALGORITHMS, "sdpg")
     assert "not built" in gpu_suite.not_built("sdpg", out)["skipped"]
-    monkeypatch.setitem(registry.ALGORITHMS, "sdpg", registry.ALGORITHMS["drqv2"])
-    assert "set SDPG_ITERATION" in gpu_suite.not_built("sdpg", out)["skipped"]
