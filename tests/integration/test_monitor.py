@@ -51,13 +51,12 @@ class SlowShard:
 @ray.remote(num_cpus=0)
 class FakeCoordinator:
     def __init__(self):
-        self.returns = [(100, 5.0), (200, 6.0)]
-        self.calls = 0
+        self.returns = []
 
-    def take_returns(self):  # episodes end some ticks after the start, as in a real run
-        self.calls += 1
-        if self.calls < 10:
-            return []
+    def end_episodes(self):  # episodes end some ticks after the start, as in a real run
+        self.returns = [(100, 5.0), (200, 6.0)]
+
+    def take_returns(self):
         out, self.returns = self.returns, []
         return out
 
@@ -93,6 +92,9 @@ def test_refresh_never_waits_and_reports_once(ray_cluster, tmp_path):
         monitor.refresh(snap)
         time.sleep(0.1)
     assert time.monotonic() - t0 < 15  # 20 ticks, a stats call that takes 600 s
+    _until(lambda: (monitor.refresh(snap), monitor._learner.updates == 7)[1])
+    ray.get(topo.coordinator.end_episodes.remote())
+    monitor.refresh(snap)
     assert out.getvalue().count("replay-0: restored 10 transitions") == 1
     rows = (tmp_path / "train.csv").read_text().splitlines()
     assert rows[0].startswith("frame,episode_return") and len(rows) == 3

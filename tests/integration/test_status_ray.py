@@ -30,11 +30,14 @@ def test_status_counts_alive_env_actors_by_state_and_by_ping(cluster):
     @ray.remote(num_cpus=0)
     class FakeCoordinator:  # what print_status reads of a coordinator's snapshot
         def snapshot(self):
-            counters = dict(
+            from distdrq.distributed.messages import RoleState, RunSnapshot
+            from distdrq.run.counters import Counters
+
+            counters = Counters(
                 frames=1200, updates=34, episodes=2, last_train_return=5.0,
                 last_eval_return=float("nan"), weight_version=7,
             )  # fmt: skip
-            return {"counters": counters, "roles": {"env-0": {"restarts": 1}}, "stop": False}
+            return RunSnapshot(counters, {"env-0": RoleState(starts=2)}, stop=False)
 
     @ray.remote(num_cpus=0)
     class FakeEnv:
