@@ -160,6 +160,17 @@ class ReplayConfig:
     """frames in replay snapshots and checkpoints: cm (context-modelling coder, ~2x smaller than
     the replay codec; ~1 ms per new frame to write, 1-1.5 ms per frame to restore) or stored
     (the replay's bytes as they are: fastest)"""
+    decode_on: str = "learner"
+    """where sampled frames are decoded: learner (shards send the coded bytes of the frames a
+    batch needs, the learner's decode_threads decode them) or shard (on the shard's one core,
+    which then sends the decoded batch); raw frames are always gathered on the shard"""
+    decode_threads: int = 2
+    """threads decoding replay frames in the learner's process (decode_on=learner; also in
+    distdrq train); give it the cores the shards no longer spend on decoding"""
+
+    def learner_decodes(self) -> bool:
+        """Whether batches travel coded and are decoded on the learner's side."""
+        return self.decode_on == "learner" and self.codec != "raw"
 
 
 @dataclass
@@ -229,6 +240,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "env.gl_backend": ("egl", "osmesa", "glfw"),
     "replay.disk_codec": ("cm", "stored"),
     "replay.codec": REPLAY_CODECS,
+    "replay.decode_on": ("learner", "shard"),
 }
 
 _POSITIVE = (
@@ -243,6 +255,7 @@ _POSITIVE = (
     "agent.stddev_schedule.duration",
     "replay.capacity",
     "replay.nstep",
+    "replay.decode_threads",
     "train.frames",
     "train.eval_every_frames",
     "train.checkpoint_every_frames",

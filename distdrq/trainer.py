@@ -29,6 +29,7 @@ from distdrq.config import Config, to_dict
 from distdrq.envs import make_env
 from distdrq.progress import CsvLog, ProgressDisplay
 from distdrq.replay import ChunkRejected, EpisodeWriter, ReplayShard
+from distdrq.replay.decoding import DecoderPool
 from distdrq.replay.shard import disk_state
 from distdrq.run.counters import Counters
 from distdrq.run.evaluation import evaluate_and_record
@@ -37,6 +38,7 @@ from distdrq.run.rundir import (
     rollback_records,
     save_run_config,
 )
+from distdrq.types import Batch
 
 
 class Trainer:
@@ -61,6 +63,10 @@ class Trainer:
             codec=cfg.replay.codec,
         )
         self.sample_rng = np.random.default_rng(seed + 1)
+        self.decoder = (
+            DecoderPool(cfg.replay.decode_threads) if cfg.replay.learner_decodes() else None
+        )
+        self._staging: Batch | None = None  # the batch buffer, reused by every update
         self.writer = EpisodeWriter(writer_id=0, chunk_length=1, codec=cfg.replay.codec)
         self.resumed_from: Path | None = None
         self.rejected_chunks = 0
@@ -176,8 +182,7 @@ class Trainer:
                         c.steps >= seed_steps and c.steps % cfg.agent.update_every_steps == 0
                     )
                     if update_due and self.replay.num_sampleable > 0:
-                        batch = self.replay.sample(cfg.agent.batch_size, rng=self.sample_rng)
-                        metrics = self.agent.update(batch, c.steps)
+                        metrics = self.agent.update(self._sample(), c.steps)
                         c.updates += 1
                     # step
                     ts = self.env.step(action)
@@ -223,6 +228,15 @@ class Trainer:
         (self.run_dir / "summary.json").write_text(json.dumps(c.to_dict(), indent=2))
         return c
 
+    def _sample(self) -> Batch:
+        """The next batch, into the reused buffer: decoded on this thread, or (decode_on=learner)
+        planned here and decoded on the decoder pool's threads, straight from replay's memory
+        (nothing crosses a process); the same batch either way."""
+        size = self.cfg.agent.batch_size
+        if self._staging is None:
+            self._staging = self.replay.empty_batch(size)
+        return self.replay.sample(size, self.sample_rng, self._staging, self.decoder)
+
     def _insert(self, chunk: Any, progress: ProgressDisplay) -> None:
         """Store a transition; replay refuses non-finite values (a broken env or reward): the
         rest of that episode is then dropped, said in one line, and training goes on."""
@@ -250,9 +264,11 @@ class Trainer:
         )
 
     def close(self) -> None:
-        """Release the envs."""
+        """Release the envs and the decoding threads."""
         self.env.close()
         self.eval_env.close()
+        if self.decoder is not None:
+            self.decoder.close()
 
 
 _TRAIN_METRICS = (

@@ -81,6 +81,20 @@ def to_device(x: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tenso
     return torch.from_numpy(x if x.flags.writeable else x.copy()).to(device, non_blocking=True)
 
 
+def host_allocator(device: torch.device) -> Any:
+    """``alloc(shape, dtype) -> np.ndarray`` for buffers that feed ``device``: page-locked
+    (pinned) host memory for a CUDA device, so copies from it run asynchronously; plain numpy
+    memory otherwise."""
+    if device.type != "cuda":
+        return np.empty
+
+    def pinned(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        tensor = torch.empty(shape, dtype=_NUMPY_TO_TORCH[np.dtype(dtype)], pin_memory=True)
+        return tensor.numpy()
+
+    return pinned
+
+
 def batch_to_tensors(
     batch: Batch | Any, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

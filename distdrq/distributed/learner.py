@@ -1,9 +1,11 @@
 """The learner actor: prefetched batches from the shards, DrQ-v2 updates, weight broadcasts.
 
 It keeps ``distributed.prefetch`` sample requests in flight so the device does not wait for
-replay, updates with the same :class:`~distdrq.agent.DrQV2Agent` as ``distdrq train``, publishes
-the policy weights every ``distributed.weight_sync_every`` updates as one ``ray.put`` object, and
-measures policy lag (learner version minus the version that produced each sampled transition).
+replay, decodes the batches that shards send coded (``replay.decode_on=learner``) on
+``replay.decode_threads`` threads into one staging batch (pinned on a GPU), updates with the
+same :class:`~distdrq.agent.DrQV2Agent` as ``distdrq train``, publishes the policy weights
+every ``distributed.weight_sync_every`` updates as one ``ray.put`` object, and measures policy
+lag (learner version minus the version that produced each sampled transition).
 Its state leaves through :meth:`Learner.state` so the driver can checkpoint it on any node.
 """
 
@@ -20,11 +22,13 @@ import ray
 import torch
 
 from distdrq.agent import make_agent
+from distdrq.agent.base import host_allocator
 from distdrq.checkpoint import to_cpu
 from distdrq.config import Config
 from distdrq.distributed.env_actor import lookup
 from distdrq.distributed.messages import LearnerReport
 from distdrq.distributed.replay_actor import ReplayClient
+from distdrq.replay.decoding import DecoderPool, empty_batch
 
 
 class Learner:
@@ -46,7 +50,16 @@ class Learner:
         self.starts = ray.get(coordinator.register.remote("learner"))
         torch.manual_seed(cfg.train.seed + 17 * self.starts)
         self.agent = make_agent(obs_shape, action_dim, cfg.agent)
-        self.client = ReplayClient(shards, seed=cfg.train.seed + 31 * self.starts, limiter=limiter)
+        self.decoder = (
+            DecoderPool(cfg.replay.decode_threads) if cfg.replay.learner_decodes() else None
+        )
+        self.client = ReplayClient(
+            shards, seed=cfg.train.seed + 31 * self.starts, limiter=limiter, decoder=self.decoder
+        )
+        # the batch is assembled (and decoded) here, in pinned memory on a GPU node
+        self.staging = empty_batch(
+            obs_shape, action_dim, cfg.agent.batch_size, host_allocator(self.agent.device)
+        )
         self.updates = 0
         self.version = 0
         if state is not None:
@@ -99,7 +112,7 @@ class Learner:
             request = pending.popleft()
             if not request:  # replay still empty: wait instead of spinning on stats calls
                 time.sleep(0.2)
-            batch = self.client.collect(request) if request else None
+            batch = self.client.collect(request, self.staging) if request else None
             waited = time.monotonic() - start
             self._sample_wait += waited
             if batch is not None:
@@ -136,6 +149,7 @@ class Learner:
             out["policy_lag_max"] = float(lag.max())
         out["sample_wait_seconds"] = self._sample_wait
         out["nonfinite_batches"] = float(self.nonfinite_batches)
+        out["replay_decode_failures"] = float(self.client.decode_failures)
         out["updates"] = float(self.updates)
         if self.agent.device.type == "cuda":
             out["gpu_memory_bytes"] = float(torch.cuda.max_memory_allocated(self.agent.device))
