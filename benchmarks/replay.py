@@ -208,6 +208,31 @@ class TimedPool(DecoderPool):
         self.task_cpu.append(time.thread_time() - start)  # list.append is atomic
 
 
+def timed_loop(steps: dict, pools: list[TimedPool], reps: int) -> tuple[dict, dict, dict]:
+    """Wall seconds, process CPU seconds and critical-path CPU seconds of each step, ``reps``
+    times, the steps interleaved (so that load from other work hits all alike)."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
+    critical: dict[str, list[float]] = {name: [] for name in steps}
+    for step in steps.values():  # warm up (numba, page faults)
+        step()
+    load = os.getloadavg()[0]
+    for _ in range(reps):
+        for name, step in steps.items():
+            for pool in pools:
+                pool.task_cpu.clear()
+            c0, t0 = time.process_time(), time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)  # every thread of this process
+            # the longest chain of work: what is not the pool's ranges, plus the longest range
+            ranges = [t for pool in pools for t in pool.task_cpu]
+            critical[name].append(cpu[name][-1] - sum(ranges) + max(ranges, default=0.0))
+    after = os.getloadavg()[0]
+    print(f"load average (1 min) {load:.1f} before the timed loop, {after:.1f} after")
+    return times, cpu, critical
+
+
 def decode_path_rows(task: str, args: argparse.Namespace) -> list[dict]:
     """Batches/s and bytes per batch of each place to decode (module docstring)."""
     episodes = [render_episode(task, e, args.data) for e in range(args.episodes)]
@@ -249,27 +274,9 @@ def decode_path_rows(task: str, args: argparse.Namespace) -> list[dict]:
         "  learner's part, 1 thread": lambda: pools[1].assemble([parked], outs[4]),
         "  learner's part, 2 threads": lambda: pools[2].assemble([parked], outs[5]),
     }
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    cpu: dict[str, list[float]] = {name: [] for name in steps}
-    critical: dict[str, list[float]] = {name: [] for name in steps}
-    for step in steps.values():  # warm up (numba, page faults)
-        step()
-    load = [os.getloadavg()[0]]
-    for _ in range(args.reps):  # interleaved, so that load from other work hits all alike
-        for name, step in steps.items():
-            for pool in pools.values():
-                pool.task_cpu.clear()
-            c0, t0 = time.process_time(), time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - t0)
-            cpu[name].append(time.process_time() - c0)  # every thread of this process
-            # the longest chain of work: what is not the pool's ranges, plus the longest range
-            ranges = [t for pool in pools.values() for t in pool.task_cpu]
-            critical[name].append(cpu[name][-1] - sum(ranges) + max(ranges, default=0.0))
-    load.append(os.getloadavg()[0])
+    times, cpu, critical = timed_loop(steps, list(pools.values()), args.reps)
     for pool in pools.values():
         pool.close()
-    print(f"load average (1 min) {load[0]:.1f} before the timed loop, {load[1]:.1f} after")
     bps = {name: 1.0 / np.median(t) for name, t in times.items()}
     shard_bytes = float(np.mean(sizes["shard"]))
     return [

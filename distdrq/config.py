@@ -139,6 +139,9 @@ class AgentConfig:
     """torch device for learning: auto (cuda if available), cpu, cuda, cuda:N"""
     grad_checkpointing: bool = False
     """recompute the encoder's conv activations in backward instead of storing them"""
+    metrics_every: int = 10
+    """updates between read-backs of the loss metrics (their mean): the only point at which the
+    learner's loop waits for the device"""
     drq: DrQConfig = field(default_factory=DrQConfig)
     """drq only: SAC temperature, update cadence, target encoder, log std bounds, K and M"""
 
@@ -252,6 +255,7 @@ _POSITIVE = (
     "agent.hidden_dim",
     "agent.batch_size",
     "agent.update_every_steps",
+    "agent.metrics_every",
     "agent.stddev_schedule.duration",
     "replay.capacity",
     "replay.nstep",

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from distdrq.agent import make_agent
+from distdrq.agent.transfer import DeviceFeed
 from distdrq.checkpoint import (
     CheckpointError,
     list_checkpoints,
@@ -38,7 +39,6 @@ from distdrq.run.rundir import (
     rollback_records,
     save_run_config,
 )
-from distdrq.types import Batch
 
 
 class Trainer:
@@ -66,7 +66,14 @@ class Trainer:
         self.decoder = (
             DecoderPool(cfg.replay.decode_threads) if cfg.replay.learner_decodes() else None
         )
-        self._staging: Batch | None = None  # the batch buffer, reused by every update
+        # batches are sampled into its host buffers (pinned on a GPU) and copied asynchronously
+        self.feed = DeviceFeed(
+            self.agent,
+            self.env.obs_shape,
+            self.env.action_dim,
+            cfg.agent.batch_size,
+            cfg.agent.metrics_every,
+        )
         self.writer = EpisodeWriter(writer_id=0, chunk_length=1, codec=cfg.replay.codec)
         self.resumed_from: Path | None = None
         self.rejected_chunks = 0
@@ -182,7 +189,7 @@ class Trainer:
                         c.steps >= seed_steps and c.steps % cfg.agent.update_every_steps == 0
                     )
                     if update_due and self.replay.num_sampleable > 0:
-                        metrics = self.agent.update(self._sample(), c.steps)
+                        metrics = self._update(c.steps) or metrics
                         c.updates += 1
                     # step
                     ts = self.env.step(action)
@@ -228,14 +235,16 @@ class Trainer:
         (self.run_dir / "summary.json").write_text(json.dumps(c.to_dict(), indent=2))
         return c
 
-    def _sample(self) -> Batch:
-        """The next batch, into the reused buffer: decoded on this thread, or (decode_on=learner)
-        planned here and decoded on the decoder pool's threads, straight from replay's memory
-        (nothing crosses a process); the same batch either way."""
-        size = self.cfg.agent.batch_size
-        if self._staging is None:
-            self._staging = self.replay.empty_batch(size)
-        return self.replay.sample(size, self.sample_rng, self._staging, self.decoder)
+    def _update(self, step: int) -> dict[str, float] | None:
+        """Sample a batch into a host buffer, stage it and update on it at once (sampling sees
+        every transition inserted so far, as in DrQ-v2); the metrics when read back.
+
+        Frames are decoded on this thread, or (decode_on=learner) planned here and decoded on
+        the decoder pool's threads straight from replay's memory: the same batch either way."""
+        host = self.feed.host_buffer()
+        self.replay.sample(self.cfg.agent.batch_size, self.sample_rng, host, self.decoder)
+        self.feed.stage(host)
+        return self.feed.update(step)
 
     def _insert(self, chunk: Any, progress: ProgressDisplay) -> None:
         """Store a transition; replay refuses non-finite values (a broken env or reward): the

@@ -81,20 +81,6 @@ def to_device(x: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tenso
     return torch.from_numpy(x if x.flags.writeable else x.copy()).to(device, non_blocking=True)
 
 
-def host_allocator(device: torch.device) -> Any:
-    """``alloc(shape, dtype) -> np.ndarray`` for buffers that feed ``device``: page-locked
-    (pinned) host memory for a CUDA device, so copies from it run asynchronously; plain numpy
-    memory otherwise."""
-    if device.type != "cuda":
-        return np.empty
-
-    def pinned(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        tensor = torch.empty(shape, dtype=_NUMPY_TO_TORCH[np.dtype(dtype)], pin_memory=True)
-        return tensor.numpy()
-
-    return pinned
-
-
 def batch_to_tensors(
     batch: Batch | Any, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -110,6 +96,14 @@ def batch_to_tensors(
     discount = to_device(batch.discount, device).float().view(-1, 1)
     next_obs = to_device(batch.next_obs, device)
     return obs, action, reward, discount, next_obs
+
+
+def read_back(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Scalar metric tensors as floats, read from the device in one transfer."""
+    if not metrics:
+        return {}
+    values = torch.stack([v.float() for v in metrics.values()]).tolist()
+    return dict(zip(metrics, values, strict=True))
 
 
 def policy_weights(encoder: nn.Module, actor: nn.Module) -> dict[str, torch.Tensor]:
@@ -136,7 +130,7 @@ class Agent(ABC):
     """A learner and policy in plain PyTorch (no Ray), used by the trainer and the learner.
 
     An algorithm defines :attr:`pixel_offset`, :meth:`make_actor`, :meth:`action` and
-    :meth:`update`, and may add networks in :meth:`build_extra`; the first three also build
+    :meth:`learn`, and may add networks in :meth:`build_extra`; the first three also build
     and drive the env actors' CPU :class:`~distdrq.agent.policy.Policy`.
     """
 
@@ -213,8 +207,13 @@ class Agent(ABC):
         return None
 
     @abstractmethod
+    def learn(self, batch: Batch | Any, step: int) -> dict[str, torch.Tensor]:
+        """One learner update on ``batch`` (numpy :class:`Batch` or tensors); its metrics as
+        scalar tensors on the device, so that nothing waits for the device to finish."""
+
     def update(self, batch: Batch | Any, step: int) -> dict[str, float]:
-        """One learner update on ``batch`` (numpy :class:`Batch` or tensors); metrics as floats."""
+        """:meth:`learn`, its metrics read back at once as floats (one device sync)."""
+        return read_back(self.learn(batch, step))
 
     # ---- plumbing
 

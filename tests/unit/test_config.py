@@ -103,6 +103,7 @@ AGENT_RULES = [
     ("agent.stddev_schedule.final=-1", "agent.stddev_schedule.final=-1.0 must be >= 0"),
     ("agent.stddev_schedule.duration=0", "agent.stddev_schedule.duration=0 must be > 0"),
     ("agent.num_expl_steps=-5", "agent.num_expl_steps=-5 must be >= 0"),
+    ("agent.metrics_every=0", "agent.metrics_every=0 must be > 0"),
     ("agent.device=gpu", "agent.device='gpu' is not a torch device; use auto, cpu, cuda or cuda:N"),
 ]  # fmt: skip
 
