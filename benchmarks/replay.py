@@ -18,8 +18,22 @@ replay bytes as they are; ``cm``: the context-modelling coder of distdrq.replay.
 read back into a shard; reported as file bytes per transition, ratio against DrQ-v2, and write
 and restore milliseconds per frame (restore includes re-encoding for the in-memory codec).
 
+Where frames are decoded (``--decode-paths``, issue 13 part 1): in one shard of the default
+codec, one sampling loop interleaves ``sample(256)`` decoded on the sampling thread
+(shard-side), the same with a :class:`DecoderPool` of 1 and of 2 threads decoding what this
+thread plans (learner-side in one process: ``distdrq train``), the coded path of ``distdrq
+launch`` with both of its steps back to back (the shard's ``sample_coded(256)``, then the
+pool decoding it), each of those two steps alone, and a raw shard's ``sample(256)``. CPU time
+is the process's (all its threads), per batch: the work, which load from other processes
+does not change as it changes the wall time; critical-path CPU is that work less the pool's
+ranges plus the longest range (each range's thread CPU time): the wall time of a batch on a
+machine with a free core per thread. Bytes crossing Ray per batch: the pickled size
+(protocol 5) of what a shard returns, the decoded batch or the coded one, over 20 other
+batches (not timed: Ray's copies of the 32.5 MB decoded batch into and out of the object
+store would add to shard-side decoding's time, not to the learner side's).
+
     python benchmarks/replay.py [--episodes 2] [--reps 40] [--codecs lz4-key16,lz4d-star32]
-        [--copies 1] [--no-disk]
+        [--copies 1] [--no-disk] [--decode-paths]
 """
 
 from __future__ import annotations
@@ -32,6 +46,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
+import pickle  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -48,6 +63,7 @@ from distdrq.replay import (  # noqa: E402
     ReplayShard,
     drqv2_bytes_per_transition,
 )
+from distdrq.replay.decoding import DecoderPool  # noqa: E402
 from distdrq.replay.shard import disk_state  # noqa: E402
 from distdrq.replay.snapshot import read_snapshot, write_snapshot  # noqa: E402
 
@@ -179,6 +195,131 @@ def bench_task(task: str, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+class TimedPool(DecoderPool):
+    """A DecoderPool that records the CPU time of each range it decodes, per thread."""
+
+    def __init__(self, threads: int) -> None:
+        super().__init__(threads)
+        self.task_cpu: list[float] = []
+
+    def _run(self, task) -> None:
+        start = time.thread_time()
+        super()._run(task)
+        self.task_cpu.append(time.thread_time() - start)  # list.append is atomic
+
+
+def timed_loop(steps: dict, pools: list[TimedPool], reps: int) -> tuple[dict, dict, dict]:
+    """Wall seconds, process CPU seconds and critical-path CPU seconds of each step, ``reps``
+    times, the steps interleaved (so that load from other work hits all alike)."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    cpu: dict[str, list[float]] = {name: [] for name in steps}
+    critical: dict[str, list[float]] = {name: [] for name in steps}
+    for step in steps.values():  # warm up (numba, page faults)
+        step()
+    load = os.getloadavg()[0]
+    for _ in range(reps):
+        for name, step in steps.items():
+            for pool in pools:
+                pool.task_cpu.clear()
+            c0, t0 = time.process_time(), time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)  # every thread of this process
+            # the longest chain of work: what is not the pool's ranges, plus the longest range
+            ranges = [t for pool in pools for t in pool.task_cpu]
+            critical[name].append(cpu[name][-1] - sum(ranges) + max(ranges, default=0.0))
+    after = os.getloadavg()[0]
+    print(f"load average (1 min) {load:.1f} before the timed loop, {after:.1f} after")
+    return times, cpu, critical
+
+
+def decode_path_rows(task: str, args: argparse.Namespace) -> list[dict]:
+    """Batches/s and bytes per batch of each place to decode (module docstring)."""
+    episodes = [render_episode(task, e, args.data) for e in range(args.episodes)]
+    make = lambda codec: ReplayShard(10**7, 3, 0.99, 3, seed=0, codec=codec)  # noqa: E731
+    raw, coded = make("raw"), make(DEFAULT_CODEC)
+    fill(raw, "raw", episodes, args.chunk, args.copies)
+    fill(coded, DEFAULT_CODEC, episodes, args.chunk, args.copies)
+    pools = {threads: TimedPool(threads) for threads in (1, 2)}
+    outs = [coded.empty_batch(256) for _ in range(6)]
+    expected = raw.sample(256, rng=np.random.default_rng(1))
+    for got in (
+        coded.sample(256, rng=np.random.default_rng(1), out=outs[0]),
+        pools[2].assemble([coded.sample_coded(256, rng=np.random.default_rng(1))], outs[1]),
+    ):
+        assert all(np.array_equal(getattr(got, f), getattr(expected, f)) for f in FIELDS)
+    parked = coded.sample_coded(256)  # decoded again and again by the decode-only steps
+    sizes = {
+        "shard": [len(pickle.dumps(coded.sample(256), protocol=5)) for _ in range(20)],
+        "learner": [len(pickle.dumps(coded.sample_coded(256), protocol=5)) for _ in range(20)],
+    }
+
+    def learner(pool: DecoderPool, out) -> None:
+        pool.assemble([coded.sample_coded(256)], out)
+
+    steps = {
+        "raw shard": lambda: raw.sample(256, out=outs[0]),
+        "shard-side": lambda: coded.sample(256, out=outs[1]),
+        # distdrq train: planned on this thread, decoded by the pool from replay's memory
+        "learner-side in one process, 1 thread": lambda: coded.sample(
+            256, out=outs[2], decoder=pools[1]
+        ),
+        "learner-side in one process, 2 threads": lambda: coded.sample(
+            256, out=outs[3], decoder=pools[2]
+        ),
+        # distdrq launch: the shard plans and packs, the learner decodes (here back to back)
+        "coded batch, 1 thread": lambda: learner(pools[1], outs[2]),
+        "coded batch, 2 threads": lambda: learner(pools[2], outs[3]),
+        "  shard's part (plan, pack)": lambda: coded.sample_coded(256),
+        "  learner's part, 1 thread": lambda: pools[1].assemble([parked], outs[4]),
+        "  learner's part, 2 threads": lambda: pools[2].assemble([parked], outs[5]),
+    }
+    times, cpu, critical = timed_loop(steps, list(pools.values()), args.reps)
+    for pool in pools.values():
+        pool.close()
+    bps = {name: 1.0 / np.median(t) for name, t in times.items()}
+    shard_bytes = float(np.mean(sizes["shard"]))
+    return [
+        dict(
+            task=task,
+            path=name,
+            bps=bps[name],
+            ms=1e3 * np.median(times[name]),
+            cpu_ms=1e3 * np.median(cpu[name]),
+            critical_ms=1e3 * np.median(critical[name]),
+            vs_shard=bps[name] / bps["shard-side"],
+            vs_raw=bps[name] / bps["raw shard"],
+            bytes=(
+                float(np.mean(sizes["learner"]))
+                if name.startswith("coded")
+                else shard_bytes
+                if name in ("shard-side", "raw shard")
+                else None
+            ),
+            shard_bytes=shard_bytes,
+        )
+        for name in steps
+    ]
+
+
+def print_decode_paths(args: argparse.Namespace) -> None:
+    print(
+        "| task | path | batches/s | ms/batch | CPU ms/batch | critical-path CPU ms "
+        "| vs shard-side | vs raw shard | bytes crossing Ray per batch | fewer bytes than decoded |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for task in args.tasks.split(","):
+        for r in decode_path_rows(task, args):
+            sent = "" if r["bytes"] is None else f"{r['bytes'] / 1e6:.2f} MB"
+            fewer = "" if r["bytes"] is None else f"{r['shard_bytes'] / r['bytes']:.1f}x"
+            print(
+                f"| {r['task']} | {r['path']} | {r['bps']:.0f} | {r['ms']:.1f} | {r['cpu_ms']:.1f} "
+                f"| {r['critical_ms']:.1f} "
+                f"| {r['vs_shard']:.2f} | {r['vs_raw']:.2f} | {sent} | {fewer} |",
+                flush=True,
+            )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--episodes", type=int, default=2)
@@ -193,6 +334,11 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=Path("/tmp/codec_data"))
     p.add_argument("--copies", type=int, default=1, help="copies of each episode in a shard")
     p.add_argument("--no-disk", action="store_true", help="skip the snapshot (disk) table")
+    p.add_argument(
+        "--decode-paths",
+        action="store_true",
+        help=f"only the table of where to decode ({DEFAULT_CODEC}: shard, learner, raw)",
+    )
     args = p.parse_args()
     args.disk_rows = []
     args.codecs = [c for c in args.codecs.split(",") if c != "raw"]
@@ -200,6 +346,9 @@ def main() -> None:
         f"{args.episodes} episodes x {args.copies} copies per task, writer chunk_length "
         f"{args.chunk}, medians of {args.reps} sample(256) calls, nstep 3, frame_stack 3"
     )
+    if args.decode_paths:
+        print_decode_paths(args)
+        return
     print(
         "| task | codec | B/transition | vs DrQ-v2 | batches/s | raw shard batches/s "
         "| speed vs raw | encode ms/frame | 1M transitions |"

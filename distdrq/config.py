@@ -139,6 +139,9 @@ class AgentConfig:
     """torch device for learning: auto (cuda if available), cpu, cuda, cuda:N"""
     grad_checkpointing: bool = False
     """recompute the encoder's conv activations in backward instead of storing them"""
+    metrics_every: int = 10
+    """updates between read-backs of the loss metrics (their mean): the only point at which the
+    learner's loop waits for the device"""
     drq: DrQConfig = field(default_factory=DrQConfig)
     """drq only: SAC temperature, update cadence, target encoder, log std bounds, K and M"""
 
@@ -228,6 +231,17 @@ class ReplayConfig:
     """frames in replay snapshots and checkpoints: cm (context-modelling coder, ~2x smaller than
     the replay codec; ~1 ms per new frame to write, 1-1.5 ms per frame to restore) or stored
     (the replay's bytes as they are: fastest)"""
+    decode_on: str = "learner"
+    """where sampled frames are decoded: learner (shards send the coded bytes of the frames a
+    batch needs, the learner's decode_threads decode them) or shard (on the shard's one core,
+    which then sends the decoded batch); raw frames are always gathered on the shard"""
+    decode_threads: int = 2
+    """threads decoding replay frames in the learner's process (decode_on=learner; also in
+    distdrq train); give it the cores the shards no longer spend on decoding"""
+
+    def learner_decodes(self) -> bool:
+        """Whether batches travel coded and are decoded on the learner's side."""
+        return self.decode_on == "learner" and self.codec != "raw"
 
 
 @dataclass
@@ -299,6 +313,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "replay.disk_codec": ("cm", "stored"),
     "replay.codec": REPLAY_CODECS,
     "sdpg.obs": ("pixels", "state"),
+    "replay.decode_on": ("learner", "shard"),
 }
 
 _POSITIVE = (
@@ -310,9 +325,11 @@ _POSITIVE = (
     "agent.hidden_dim",
     "agent.batch_size",
     "agent.update_every_steps",
+    "agent.metrics_every",
     "agent.stddev_schedule.duration",
     "replay.capacity",
     "replay.nstep",
+    "replay.decode_threads",
     "train.frames",
     "train.eval_every_frames",
     "train.checkpoint_every_frames",

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from distdrq.agent import make_agent
+from distdrq.agent.transfer import DeviceFeed
 from distdrq.checkpoint import (
     CheckpointError,
     list_checkpoints,
@@ -29,6 +30,7 @@ from distdrq.config import Config, to_dict
 from distdrq.envs import make_env
 from distdrq.progress import CsvLog, ProgressDisplay
 from distdrq.replay import ChunkRejected, EpisodeWriter, ReplayShard
+from distdrq.replay.decoding import DecoderPool
 from distdrq.replay.shard import disk_state
 from distdrq.run.counters import Counters
 from distdrq.run.evaluation import evaluate_and_record
@@ -61,6 +63,17 @@ class Trainer:
             codec=cfg.replay.codec,
         )
         self.sample_rng = np.random.default_rng(seed + 1)
+        self.decoder = (
+            DecoderPool(cfg.replay.decode_threads) if cfg.replay.learner_decodes() else None
+        )
+        # batches are sampled into its host buffers (pinned on a GPU) and copied asynchronously
+        self.feed = DeviceFeed(
+            self.agent,
+            self.env.obs_shape,
+            self.env.action_dim,
+            cfg.agent.batch_size,
+            cfg.agent.metrics_every,
+        )
         self.writer = EpisodeWriter(writer_id=0, chunk_length=1, codec=cfg.replay.codec)
         self.resumed_from: Path | None = None
         self.rejected_chunks = 0
@@ -177,8 +190,7 @@ class Trainer:
                         c.steps >= seed_steps and c.steps % cfg.agent.update_every_steps == 0
                     )
                     if update_due and self.replay.num_sampleable > 0:
-                        batch = self.replay.sample(cfg.agent.batch_size, rng=self.sample_rng)
-                        metrics = self.agent.update(batch, c.steps)
+                        metrics = self._update(c.steps) or metrics
                         c.updates += 1
                     # step
                     ts = self.env.step(action)
@@ -224,6 +236,17 @@ class Trainer:
         (self.run_dir / "summary.json").write_text(json.dumps(c.to_dict(), indent=2))
         return c
 
+    def _update(self, step: int) -> dict[str, float] | None:
+        """Sample a batch into a host buffer, stage it and update on it at once (sampling sees
+        every transition inserted so far, as in DrQ-v2); the metrics when read back.
+
+        Frames are decoded on this thread, or (decode_on=learner) planned here and decoded on
+        the decoder pool's threads straight from replay's memory: the same batch either way."""
+        host = self.feed.host_buffer()
+        self.replay.sample(self.cfg.agent.batch_size, self.sample_rng, host, self.decoder)
+        self.feed.stage(host)
+        return self.feed.update(step)
+
     def _insert(self, chunk: Any, progress: ProgressDisplay) -> None:
         """Store a transition; replay refuses non-finite values (a broken env or reward): the
         rest of that episode is then dropped, said in one line, and training goes on."""
@@ -251,9 +274,11 @@ class Trainer:
         )
 
     def close(self) -> None:
-        """Release the envs."""
+        """Release the envs and the decoding threads."""
         self.env.close()
         self.eval_env.close()
+        if self.decoder is not None:
+            self.decoder.close()
 
 
 _TRAIN_METRICS = (

@@ -101,6 +101,14 @@ def batch_to_tensors(
     return obs, action, reward, discount, next_obs
 
 
+def read_back(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Scalar metric tensors as floats, read from the device in one transfer."""
+    if not metrics:
+        return {}
+    values = torch.stack([v.float() for v in metrics.values()]).tolist()
+    return dict(zip(metrics, values, strict=True))
+
+
 def policy_weights(encoder: nn.Module, actor: nn.Module) -> dict[str, torch.Tensor]:
     """Encoder and actor weights as contiguous CPU copies (``encoder.*``, ``actor.*``)."""
     return {
@@ -204,7 +212,7 @@ class Agent(AgentBase):
     trainer and the learner.
 
     An algorithm defines :attr:`pixel_offset`, :meth:`make_actor`, :meth:`action` and
-    :meth:`update`, and may add networks in :meth:`build_extra`; the first three also build
+    :meth:`learn`, and may add networks in :meth:`build_extra`; the first three also build
     and drive the env actors' CPU :class:`~distdrq.agent.policy.Policy`.
     """
 
@@ -281,8 +289,13 @@ class Agent(AgentBase):
         return None
 
     @abstractmethod
+    def learn(self, batch: Batch | Any, step: int) -> dict[str, torch.Tensor]:
+        """One learner update on ``batch`` (numpy :class:`Batch` or tensors); its metrics as
+        scalar tensors on the device, so that nothing waits for the device to finish."""
+
     def update(self, batch: Batch | Any, step: int) -> dict[str, float]:
-        """One learner update on ``batch`` (numpy :class:`Batch` or tensors); metrics as floats."""
+        """:meth:`learn`, its metrics read back at once as floats (one device sync)."""
+        return read_back(self.learn(batch, step))
 
     # ---- plumbing
 

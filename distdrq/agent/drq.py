@@ -207,9 +207,10 @@ class DrQAgent(Agent):
             self._encoder_target_params, self._encoder_params, self.cfg.drq.encoder_tau
         )
 
-    def update(self, batch: Batch | Any, step: int) -> dict[str, float]:
-        """One learner update on ``batch``; the actor/alpha metrics are those of the last actor
-        update (every ``drq.actor_update_every`` calls). ``step`` is unused (no schedules)."""
+    def learn(self, batch: Batch | Any, step: int) -> dict[str, torch.Tensor]:
+        """One learner update on ``batch``; metrics as tensors on the device, the actor/alpha
+        ones those of the last actor update (every ``drq.actor_update_every`` calls). ``step`` is
+        unused (no schedules)."""
         obs, action, reward, discount, next_obs = batch_to_tensors(batch, self.device)
         drq = self.cfg.drq
 
@@ -243,8 +244,7 @@ class DrQAgent(Agent):
             self.update_critic_target()
         self.num_updates += 1
 
-        values = torch.stack([v.float() for v in metrics.values()]).tolist()  # one sync
-        return dict(zip(metrics, values, strict=True))
+        return metrics
 
     # ---- checkpoints: the target encoder, the temperature and its optimizer join the base's
 

@@ -106,8 +106,9 @@ class DrQV2Agent(Agent):
         """target <- (1 - tau) * target + tau * online, every parameter."""
         torch._foreach_lerp_(self._target_params, self._critic_params, self.cfg.critic_tau)
 
-    def update(self, batch: Batch | Any, step: int) -> dict[str, float]:
-        """One learner update on ``batch`` (numpy :class:`Batch` or tensors); metrics as floats."""
+    def learn(self, batch: Batch | Any, step: int) -> dict[str, torch.Tensor]:
+        """One learner update on ``batch`` (numpy :class:`Batch` or tensors); metrics as tensors
+        on the device (nothing waits for it)."""
         obs, action, reward, discount, next_obs = batch_to_tensors(batch, self.device)
 
         # augment (uint8 in, uint8 out; independent shifts for obs and next_obs)
@@ -130,5 +131,4 @@ class DrQV2Agent(Agent):
         self.update_critic_target()
         self.num_updates += 1
 
-        values = torch.stack([v.float() for v in metrics.values()]).tolist()  # one sync
-        return dict(zip(metrics, values, strict=True))
+        return metrics

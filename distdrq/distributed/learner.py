@@ -1,9 +1,14 @@
 """The learner actor: prefetched batches from the shards, DrQ-v2 updates, weight broadcasts.
 
 It keeps ``distributed.prefetch`` sample requests in flight so the device does not wait for
-replay, updates with the same :class:`~distdrq.agent.DrQV2Agent` as ``distdrq train``, publishes
-the policy weights every ``distributed.weight_sync_every`` updates as one ``ray.put`` object, and
-measures policy lag (learner version minus the version that produced each sampled transition).
+replay, decodes the batches that shards send coded (``replay.decode_on=learner``) on
+``replay.decode_threads`` threads, and feeds the device one batch ahead
+(:class:`~distdrq.agent.transfer.DeviceFeed`): while an update computes, the next batch is
+collected and decoded into a pinned host buffer and copied on a side stream; metrics are read
+back every ``agent.metrics_every`` updates. Updates use the same agent classes as ``distdrq
+train``. The policy weights are published every ``distributed.weight_sync_every`` updates by a
+background thread (:class:`WeightPublisher`), so publishing never stalls the updates. Policy
+lag (learner version minus the version that produced each sampled transition) is measured.
 Its state leaves through :meth:`Learner.state` so the driver can checkpoint it on any node.
 """
 
@@ -20,12 +25,98 @@ import ray
 import torch
 
 from distdrq.agent import make_agent
+from distdrq.agent.base import Agent
+from distdrq.agent.transfer import DeviceFeed, policy_snapshot
 from distdrq.checkpoint import to_cpu
 from distdrq.config import Config
 from distdrq.distributed.env_actor import lookup
 from distdrq.distributed.messages import LearnerReport
 from distdrq.distributed.replay_actor import ReplayClient
+from distdrq.replay.decoding import DecoderPool
 from distdrq.run.counters import Counters
+from distdrq.types import Batch
+
+
+class WeightPublisher:
+    """Publishes the policy weights from a background thread.
+
+    :meth:`publish` only starts the copies of the weights to host memory (asynchronous on a
+    GPU) and hands them over; the thread waits for them, puts them in the object store and
+    tells the coordinator. A version still waiting when a newer one comes is replaced by it (versions
+    only grow; env actors take the newest). An error in the thread (the coordinator gone) is
+    raised by the next :meth:`publish` or :meth:`flush`.
+    """
+
+    def __init__(self, coordinator: Any, agent: Agent) -> None:
+        self._coord = coordinator
+        self._agent = agent
+        self._cond = threading.Condition()
+        self._pending: tuple[Any, ...] | None = None
+        self._busy = False
+        self._closed = False
+        self._error: BaseException | None = None
+        self.superseded = 0
+        """versions replaced by a newer one before they were sent"""
+        self._thread = threading.Thread(target=self._run, name="weight-publisher", daemon=True)
+        self._thread.start()
+
+    def publish(self, version: int, updates: int, wait: bool = False) -> None:
+        """Publish the weights as they are after the updates launched so far, as ``version``;
+        ``wait``: on this thread, returning once the coordinator has them."""
+        self._raise_error()
+        weights, copied = policy_snapshot(self._agent)
+        item = (weights, copied, version, updates)
+        if wait:
+            self._send(item)
+            return
+        with self._cond:
+            if self._pending is not None:
+                self.superseded += 1
+            self._pending = item
+            self._cond.notify_all()
+
+    def flush(self, timeout: float = 120.0) -> None:
+        """Wait until what was handed over has been published."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._pending is None and not self._busy, timeout)
+        self._raise_error()
+
+    def close(self) -> None:
+        """Publish what is pending, then stop the thread."""
+        self.flush()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout=10)
+
+    def _raise_error(self) -> None:
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._pending is not None or self._closed)
+                if self._pending is None:
+                    return
+                item, self._pending = self._pending, None
+                self._busy = True
+            try:
+                self._send(item)
+            except Exception as exc:  # reported to the update loop, which decides
+                self._error = exc
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _send(self, item: tuple[Any, ...]) -> None:
+        weights, copied, version, updates = item
+        if copied is not None:
+            copied.synchronize()
+        ref = ray.put(weights)
+        ray.get(self._coord.publish.remote(version, [ref], updates))
 
 
 class Learner:
@@ -47,7 +138,16 @@ class Learner:
         self.starts = ray.get(coordinator.register.remote("learner"))
         torch.manual_seed(cfg.train.seed + 17 * self.starts)
         self.agent = make_agent(obs_shape, action_dim, cfg.agent)
-        self.client = ReplayClient(shards, seed=cfg.train.seed + 31 * self.starts, limiter=limiter)
+        self.decoder = (
+            DecoderPool(cfg.replay.decode_threads) if cfg.replay.learner_decodes() else None
+        )
+        self.client = ReplayClient(
+            shards, seed=cfg.train.seed + 31 * self.starts, limiter=limiter, decoder=self.decoder
+        )
+        # batches are assembled (and decoded) into its host buffers, pinned on a GPU node
+        self.feed = DeviceFeed(
+            self.agent, obs_shape, action_dim, cfg.agent.batch_size, cfg.agent.metrics_every
+        )
         self.updates = 0
         self.version = 0
         if state is not None:
@@ -61,8 +161,11 @@ class Learner:
         self._lag: deque[float] = deque(maxlen=200)
         self._sample_wait = 0.0
         self._latencies: list[float] = []
+        self._frames = 0
+        self._last_metrics: dict[str, float] = {}
         self.nonfinite_batches = 0
-        self._publish()
+        self.publisher = WeightPublisher(coordinator, self.agent)
+        self.publisher.publish(self.version, self.updates, wait=True)
 
     def _continue_after(self, counters: Counters) -> None:
         """Never reuse a weight version or go back in updates.
@@ -77,60 +180,78 @@ class Learner:
             self.version = max(self.version, published + 1)
         self.updates = max(self.updates, counters.updates)
 
-    def _publish(self) -> None:
-        ref = ray.put(self.agent.policy_state_dict())
-        ray.get(self._coord.publish.remote(self.version, [ref], self.updates))
-
     def device(self) -> str:
         """The torch device updates run on."""
         return str(self.agent.device)
 
     def run(self) -> int:
-        """Update until the coordinator says stop; returns the updates this call made."""
-        cfg = self.cfg
-        batch_size = cfg.agent.batch_size
+        """Update until the coordinator says stop; returns the updates this call made.
+
+        One batch ahead: each turn launches the update of the batch staged by the turn before
+        (the device computes on), then collects and decodes the next batch and starts its copy
+        to the device."""
         pending: deque[Any] = deque()
-        reply = ray.get(self._coord.report_learner.remote(self.updates))
-        frames = reply.frames
+        reply = self._report()
         last_report = time.monotonic()
-        metrics: dict[str, float] = {}
         made = 0
         while not reply.stop:
-            while len(pending) < cfg.distributed.prefetch:
-                pending.append(self.client.request(batch_size, timeout=1.0))
-            start = time.monotonic()
-            request = pending.popleft()
-            if not request:  # replay still empty: wait instead of spinning on stats calls
-                time.sleep(0.2)
-            batch = self.client.collect(request) if request else None
-            waited = time.monotonic() - start
-            self._sample_wait += waited
-            if batch is not None:
-                with self._report_lock:
-                    self._latencies.append(waited)
-            if batch is not None and not _finite(batch):
-                # replay validates every insert; this is the last line of defence, so that one
-                # bad batch can never turn the weights into NaN
-                self.nonfinite_batches += 1
-                batch = None
-            if batch is not None:
-                with self._lock:
-                    metrics = self.agent.update(batch, frames // cfg.env.action_repeat)
-                    self.updates += 1
-                    made += 1
-                    lag = self.version - batch.version
-                    self._lag.extend(np.asarray(lag, dtype=np.float64).tolist()[:8])
-                    if self.updates % cfg.distributed.weight_sync_every == 0:
-                        self.version += 1
-                        self._publish()
+            made += self._update_staged()
+            staged = self._stage_next(pending)
             now = time.monotonic()
-            if now - last_report >= 1.0 or batch is None:
-                with self._report_lock:
-                    self._metrics_now = self._metrics(metrics)
-                reply = ray.get(self._coord.report_learner.remote(self.updates))
-                frames = reply.frames
+            if now - last_report >= 1.0 or not staged:
+                reply = self._report()
                 last_report = now
+        made += self._update_staged()  # the batch staged last
+        self.publisher.flush()
         return made
+
+    def _update_staged(self) -> int:
+        """Launch the update of the staged batch (1), or nothing (0)."""
+        if not self.feed.staged:
+            return 0
+        with self._lock:
+            metrics = self.feed.update(self._frames // self.cfg.env.action_repeat)
+            if metrics is not None:
+                self._last_metrics = metrics
+            self.updates += 1
+            if self.updates % self.cfg.distributed.weight_sync_every == 0:
+                self.version += 1
+                self.publisher.publish(self.version, self.updates)
+        return 1
+
+    def _stage_next(self, pending: deque[Any]) -> bool:
+        """Collect the next batch into a host buffer and stage it; False if there was none."""
+        while len(pending) < self.cfg.distributed.prefetch:
+            pending.append(self.client.request(self.cfg.agent.batch_size, timeout=1.0))
+        start = time.monotonic()
+        request = pending.popleft()
+        if not request:  # replay still empty: wait instead of spinning on stats calls
+            time.sleep(0.2)
+        batch = self.client.collect(request, self.feed.host_buffer()) if request else None
+        waited = time.monotonic() - start
+        self._sample_wait += waited
+        if batch is None:
+            return False
+        with self._report_lock:
+            self._latencies.append(waited)
+        if not _finite(batch):
+            # replay validates every insert; this is the last line of defence, so that one
+            # bad batch can never turn the weights into NaN
+            self.nonfinite_batches += 1
+            return False
+        lag = self.version - batch.version
+        self._lag.extend(np.asarray(lag, dtype=np.float64).tolist()[:8])
+        self.feed.stage(batch)
+        return True
+
+    def _report(self) -> Any:
+        """Tell the coordinator how far the learner is (its reply: frames, stop), and keep the
+        metrics the driver takes with :meth:`take_report`."""
+        with self._report_lock:
+            self._metrics_now = self._metrics(self._last_metrics)
+        reply = ray.get(self._coord.report_learner.remote(self.updates))
+        self._frames = reply.frames
+        return reply
 
     def take_report(self) -> LearnerReport:
         """Latest losses, policy lag and counts, and the batch waits since the last call (the
@@ -147,6 +268,7 @@ class Learner:
             out["policy_lag_max"] = float(lag.max())
         out["sample_wait_seconds"] = self._sample_wait
         out["nonfinite_batches"] = float(self.nonfinite_batches)
+        out["replay_decode_failures"] = float(self.client.decode_failures)
         out["updates"] = float(self.updates)
         if self.agent.device.type == "cuda":
             out["gpu_memory_bytes"] = float(torch.cuda.max_memory_allocated(self.agent.device))
@@ -170,7 +292,7 @@ class Learner:
         return os.getpid()
 
 
-def _finite(batch: Any) -> bool:
+def _finite(batch: Batch) -> bool:
     """Whether a batch's actions, rewards and discounts are all finite (frames are uint8)."""
     return bool(
         np.isfinite(batch.action).all()

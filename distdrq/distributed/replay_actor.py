@@ -9,7 +9,10 @@ constructor restores the latest intact snapshot (or starts empty after reporting
 :class:`ReplayClient` sends every chunk of an episode to the same shard and samples each batch
 from all shards in proportion to their sampleable transitions, so that the union is sampled
 uniformly. Batches come back through the object store (numpy arrays are zero-copy there) and
-are concatenated once into the caller's buffer.
+are concatenated once into the caller's buffer. With ``replay.decode_on=learner`` the shards
+send their parts with the frames still coded (:class:`~distdrq.replay.decoding.CodedBatch`,
+a fraction of the bytes) and the client decodes them on its decoder pool's threads, straight
+into that buffer.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import ray
 
 from distdrq.config import ReplayConfig
 from distdrq.replay import ChunkRejected, ReplayShard
+from distdrq.replay.decoding import CodedBatch, CodedBatchError, DecoderPool, assemble_batch
 from distdrq.replay.ratelimit import RateLimiter, RateLimiterClosed
 from distdrq.replay.shard import disk_state
 from distdrq.replay.snapshot import SnapshotError, SnapshotStore, read_snapshot
@@ -38,8 +42,9 @@ from distdrq.types import Batch, Chunk
 class ShardReply:
     """A shard's part of a batch, with its size so the client can weight the next split."""
 
-    batch: Batch | None
-    """the sampled transitions, or None if the rate limiter or an empty shard said no"""
+    batch: Batch | CodedBatch | None
+    """the sampled transitions (frames still coded with ``replay.decode_on=learner``), or None
+    if the rate limiter or an empty shard said no"""
     sampleable: int
     """valid n-step start indices in the shard after this call"""
 
@@ -84,6 +89,7 @@ class ReplayServer:
             codec=cfg.codec,
         )
         self.disk_codec = cfg.disk_codec
+        self.send_coded = cfg.learner_decodes()
         self.limiter = (
             RateLimiter(samples_per_insert, min_size_to_sample)
             if samples_per_insert is not None
@@ -167,7 +173,8 @@ class ReplayServer:
     def sample(
         self, batch_size: int, timeout: float | None = 5.0, permit: bool = True
     ) -> ShardReply:
-        """Sample ``batch_size`` transitions once the rate limiter allows.
+        """Sample ``batch_size`` transitions once the rate limiter allows (their frames left
+        coded with ``replay.decode_on=learner``, for the client to decode).
 
         ``permit`` is the reply of the run's global :class:`RateLimiterServer` (passed as an
         ObjectRef, so Ray runs this call only after the permit is granted or refused).
@@ -181,9 +188,10 @@ class ReplayServer:
                 return ShardReply(None, sampleable)
         except RateLimiterClosed:
             return ShardReply(None, sampleable)
-        with self._lock:
-            batch = self.shard.sample(batch_size)
-            return ShardReply(batch, self.shard.num_sampleable)
+        with self._lock:  # a coded batch holds a copy of its bytes: valid after the lock
+            if self.send_coded:
+                return ShardReply(self.shard.sample_coded(batch_size), self.shard.num_sampleable)
+            return ShardReply(self.shard.sample(batch_size), self.shard.num_sampleable)
 
     # -- maintenance -------------------------------------------------------------------------
 
@@ -303,12 +311,22 @@ def start_replay_shards(
 class ReplayClient:
     """Spreads inserts over shards (by episode) and samples uniformly over their union."""
 
-    def __init__(self, shards: list[Any], seed: int = 0, limiter: Any | None = None) -> None:
-        """``limiter``: the run's :class:`RateLimiterServer` handle (None: shards' own only)."""
+    def __init__(
+        self,
+        shards: list[Any],
+        seed: int = 0,
+        limiter: Any | None = None,
+        decoder: DecoderPool | None = None,
+    ) -> None:
+        """``limiter``: the run's :class:`RateLimiterServer` handle (None: shards' own only);
+        ``decoder``: the threads that decode coded batches (None: the calling thread)."""
         if not shards:
             raise ValueError("ReplayClient needs at least one replay shard")
         self.shards = list(shards)
         self.limiter = limiter
+        self.decoder = decoder
+        self.decode_failures = 0
+        """batches dropped because a coded part did not decode"""
         self._rng = np.random.default_rng(seed)
         self._sampleable = np.zeros(len(self.shards), dtype=np.int64)
         self._refreshed = 0.0
@@ -365,8 +383,10 @@ class ReplayClient:
         ]
 
     def collect(self, pending: list[tuple[int, Any]], out: Batch | None = None) -> Batch | None:
-        """Wait for a requested batch; None if any shard declined (rate limited or empty) or
-        failed (a shard that died is restarted by Ray; the next request reaches it again)."""
+        """Wait for a requested batch, decode the parts that came coded and write it into
+        ``out`` when given (e.g. pinned staging buffers); None if any shard declined (rate
+        limited or empty) or failed (a shard that died is restarted by Ray; the next request
+        reaches it again)."""
         try:
             replies: list[ShardReply] = ray.get([ref for _, ref in pending])
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError):
@@ -377,7 +397,11 @@ class ReplayClient:
         if not replies or any(r.batch is None for r in replies):
             return None
         parts = [r.batch for r in replies]
-        return concatenate_batches(parts, out)  # type: ignore[arg-type]
+        try:
+            return assemble_batch(parts, out, self.decoder)  # type: ignore[arg-type]
+        except CodedBatchError:  # a coded part that does not decode: counted, batch dropped
+            self.decode_failures += 1
+            return None
 
     def sample(self, batch_size: int, timeout: float | None = 5.0) -> Batch | None:
         """Sample one batch from the union of shards (blocking); None if declined."""
@@ -451,16 +475,3 @@ def start_rate_limiter(
         max_concurrency=max_waiters,
         scheduling_strategy=scheduling_strategy,
     ).remote(samples_per_insert, min_size_to_sample, state)
-
-
-def concatenate_batches(parts: list[Batch], out: Batch | None = None) -> Batch:
-    """One batch from shard parts, written into ``out`` when given (e.g. pinned buffers)."""
-    if len(parts) == 1 and out is None:
-        return parts[0]
-    fields = ("obs", "action", "reward", "discount", "next_obs", "version")
-    arrays = {}
-    for name in fields:
-        pieces = [getattr(p, name) for p in parts]
-        target = getattr(out, name) if out is not None else None
-        arrays[name] = np.concatenate(pieces, axis=0, out=target)
-    return Batch(**arrays)

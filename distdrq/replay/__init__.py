@@ -4,7 +4,9 @@ Modules: ``registry`` (the codecs, by name), ``codec`` (frame coding, actor side
 time) and ``lz4decode`` (its kernels), ``episodes`` (an episode's stored frames and
 transitions), ``validation`` (what an insert or a restore accepts), ``sampler`` (drawing and
 assembling batches), ``state`` (the state layout of snapshots and checkpoints), ``shard``
-(:class:`ReplayShard`, composing them), ``writer``, ``ratelimit``, ``snapshot``, ``diskcodec``.
+(:class:`ReplayShard`, composing them), ``decoding`` (batches whose frames travel coded and
+are decoded on the learner's side, on several threads), ``writer``, ``ratelimit``,
+``snapshot``, ``diskcodec``.
 
 The names below load their module on first use, so that :mod:`distdrq.config` can read the codec
 names from ``registry`` without loading numpy and numba.
@@ -23,6 +25,8 @@ _MODULE_OF = {
     "REJECT_REASONS": "errors",
     "ChunkRejected": "errors",
     "ReplayStateError": "errors",
+    "CodedBatch": "decoding",
+    "DecoderPool": "decoding",
     "EncodedFrameStore": "episodes",
     "FrameStore": "episodes",
     "RawFrameStore": "episodes",

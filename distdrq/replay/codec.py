@@ -92,7 +92,10 @@ __all__ = [
     "FrameEncoder",
     "codec_spec",
     "decode_windows",
+    "WindowPlan",
     "decode_windows_into",
+    "plan_into",
+    "run_plan",
     "payload_checksum",
     "reference_frames",
     "register_codec",
@@ -499,6 +502,8 @@ class _Plan:
     nscratch: int
     src: np.ndarray
     size: np.ndarray
+    frame: np.ndarray
+    """each item's frame, numbered over the concatenated episodes"""
     home: np.ndarray
     ref_home: np.ndarray
     dup: np.ndarray
@@ -581,6 +586,7 @@ def _plan(
         nscratch=nscratch,
         src=addr[glob],
         size=size[glob],
+        frame=glob,
         home=home,
         ref_home=ref_home,
         dup=dup,
@@ -648,15 +654,13 @@ def decode_windows_into(
     if nb == 0 or nw == 0:
         return scratch
     fb = episodes[int(episode_idx[0])].frame_bytes
-    widths = []
-    for out in outs:
-        if out.dtype != np.uint8 or not out.flags.c_contiguous or out.size % (nb * fb):
-            raise ValueError("outputs must be C-contiguous uint8 arrays of B * w frames")
-        widths.append(out.size // (nb * fb))
+    widths = _output_widths(outs, nb, fb)
     if sum(widths) != nw:
         raise ValueError(f"outputs hold {sum(widths)} frames per window, frame_idx has {nw}")
-    plan, _, _ = _plan(episodes, episode_idx, frame_idx, reuse_scratch=True)
-    if plan is None or _reconstruct_into is None or _reconstruct is not _reconstruct_numba:
+    plan = None
+    if _reconstruct_into is not None and _reconstruct is _reconstruct_numba:
+        plan = plan_into(episodes, episode_idx, frame_idx, tuple(widths))
+    if plan is None:
         # raw storage, no numba, or a test's reconstructor: decode, then copy
         frames = decode_windows(episodes, episode_idx, frame_idx)
         start = 0
@@ -666,10 +670,79 @@ def decode_windows_into(
             )
             start += width
         return scratch
+    return run_plan(plan, outs, scratch)
+
+
+def _output_widths(outs: tuple[np.ndarray, ...], windows: int, frame_bytes: int) -> list[int]:
+    """Frames per window of each output array (ValueError unless C-contiguous uint8 arrays of
+    a whole number of frames per window)."""
+    widths = []
+    for out in outs:
+        if (
+            out.dtype != np.uint8
+            or not out.flags.c_contiguous
+            or out.size % (windows * frame_bytes)
+        ):
+            raise ValueError("outputs must be C-contiguous uint8 arrays of B * w frames")
+        widths.append(out.size // (windows * frame_bytes))
+    return widths
+
+
+@dataclass
+class WindowPlan:
+    """A batch's windows as the decoding kernel takes them: every LZ4 item (a frame decoded
+    for one window) with the address and size of its bytes and its placement.
+
+    Placement tables (int64 ``[4, n]``, rows ``DEST_ARRAY``, ``DEST_ROW``, ``SRC_ARRAY``,
+    ``SRC_ROW`` of :mod:`distdrq.replay.lz4decode`) name rows of the output arrays (``FIRST``,
+    ``SECOND``: window ``b``'s ``widths[i]`` frames are rows ``b * widths[i] ..``) or of a
+    scratch array of ``scratch_rows`` rows that each window reuses."""
+
+    src: np.ndarray
+    """int64 [n]: address of each item's bytes"""
+    size: np.ndarray
+    """int64 [n]: bytes of each item"""
+    frame: np.ndarray
+    """int64 [n]: each item's frame, numbered over the batch's episodes (equal: same bytes)"""
+    items: np.ndarray
+    """placement table of the items: destination, and the reference decoded against"""
+    copies: np.ndarray
+    """placement table of output rows that repeat another row of their window"""
+    item_end: np.ndarray
+    """int64 [B]: window ``b``'s items end before ``item_end[b]`` (items are window-major)"""
+    copy_end: np.ndarray
+    """int64 [B]: the same for ``copies``"""
+    widths: tuple[int, ...]
+    """frames per window in each output array"""
+    scratch_rows: int
+    frame_bytes: int
+    rgb: bool
+    """frames are channel-transformed RGB"""
+    by_dict: bool
+    """predicted frames are LZ4-coded with their reference as dictionary"""
+
+    @property
+    def windows(self) -> int:
+        return int(self.item_end.size)
+
+
+def plan_into(
+    episodes: list[EpisodeFrames],
+    episode_idx: np.ndarray,
+    frame_idx: np.ndarray,
+    widths: tuple[int, ...],
+) -> WindowPlan | None:
+    """The :class:`WindowPlan` that decodes ``frame_idx[b]`` of ``episodes[episode_idx[b]]``
+    (as :func:`decode_windows` does) into output arrays of ``widths`` frames per window (one
+    or two, summing to ``W``); None for raw storage. At least one window."""
+    nw = frame_idx.shape[1]
+    plan, _, _ = _plan(episodes, episode_idx, frame_idx, reuse_scratch=True)
+    if plan is None:
+        return None
     # the kernel addresses a frame as (array, row): plan rows 0 .. nrows - 1 are window b's
     # column j, which lies in output FIRST or SECOND; rows from nrows on are SCRATCH rows
     width_arr = np.array(widths)
-    col_array = FIRST + np.repeat(np.arange(len(outs)), widths)
+    col_array = FIRST + np.repeat(np.arange(len(widths)), widths)
     col_offset = np.arange(nw) - np.repeat(np.cumsum(width_arr) - width_arr, widths)
     col_width = width_arr[col_array - FIRST]
 
@@ -686,7 +759,39 @@ def decode_windows_into(
         table[SRC_ARRAY], table[SRC_ROW] = locate(source)
         return table
 
-    need = plan.nscratch * fb
+    return WindowPlan(
+        src=plan.src,
+        size=plan.size,
+        frame=plan.frame,
+        items=placement(plan.home, plan.ref_home),  # each item, decoded against its reference
+        copies=placement(plan.dup, plan.dup_src),  # output rows that repeat another
+        item_end=plan.item_end,
+        copy_end=plan.dup_end,
+        widths=tuple(int(w) for w in widths),
+        scratch_rows=plan.nscratch,
+        frame_bytes=plan.frame_bytes,
+        rgb=plan.shape[0] == 3,
+        by_dict=plan.spec.by_dict(plan.frame_bytes),
+    )
+
+
+def run_plan(
+    plan: WindowPlan,
+    outs: tuple[np.ndarray, ...],
+    scratch: np.ndarray | None = None,
+    windows: tuple[int, int] | None = None,
+) -> np.ndarray | None:
+    """Decode ``plan``'s windows ``windows = (lo, hi)`` (default: all) into ``outs`` (as
+    :func:`decode_windows_into` takes them; rows of other windows are not touched), with
+    ``scratch`` as work space when big enough; returns the scratch array used. Needs numba.
+    Disjoint window ranges may run at once on several threads, each with its own scratch."""
+    if _reconstruct_into is None:
+        raise RuntimeError("decoding into output arrays needs numba (pip install numba)")
+    fb = plan.frame_bytes
+    if tuple(_output_widths(outs, plan.windows, fb)) != plan.widths:
+        raise ValueError(f"outputs must hold {plan.widths} frames per window")
+    lo, hi = (0, plan.windows) if windows is None else windows
+    need = plan.scratch_rows * fb
     if need and (scratch is None or scratch.size < need):
         scratch = np.empty(max(need, 2 * (scratch.size if scratch is not None else 0)), np.uint8)
     work = scratch[:need] if scratch is not None else np.empty(0, np.uint8)
@@ -696,15 +801,17 @@ def decode_windows_into(
     failed = _reconstruct_into(
         plan.src,
         plan.size,
-        placement(plan.home, plan.ref_home),  # each item, decoded against its reference
-        placement(plan.dup, plan.dup_src),  # output rows that repeat another
+        plan.items,
+        plan.copies,
         arrays[0],
         arrays[1],
         work.reshape(-1, fb),
-        plan.shape[0] == 3,
-        plan.spec.by_dict(plan.frame_bytes),
+        plan.rgb,
+        plan.by_dict,
         plan.item_end,
-        plan.dup_end,
+        plan.copy_end,
+        lo,
+        hi,
     )
     if failed >= 0:
         raise ValueError("corrupt LZ4 frame in replay")

@@ -9,6 +9,8 @@ reference order: a frame's reference is decoded before the frame.
 - :func:`reconstruct_into` (numba only) decodes them straight into a batch's two output arrays
   and a small scratch array, window by window, as a *placement table* says (below);
 - :func:`check_blocks` only tries each block: does it decode to exactly one frame?
+- :func:`gather_bytes` copies items' bytes into one array (a batch's coded frames, packed to
+  travel to the learner, which decodes them there).
 
 A predicted frame is coded against its reference in one of two ways. *Residual*: the block
 holds the wraparound difference to the reference; decode it, undo the channel transform
@@ -64,6 +66,15 @@ def _check_numpy(
     return -1
 
 
+def _gather_numpy(src: np.ndarray, size: np.ndarray, offset: np.ndarray, out: np.ndarray) -> None:
+    base = out.ctypes.data
+    for a, n, o in zip(src.tolist(), size.tolist(), offset.tolist(), strict=True):
+        ctypes.memmove(base + o, a, n)
+
+
+gather_bytes: Callable[..., None] = _gather_numpy
+"""``gather_bytes(src, size, offset, out)``: copy ``size[i]`` bytes from address ``src[i]`` to
+``out[offset[i]:]`` for every ``i`` (the caller has checked that they fit)"""
 reconstruct_numba: Callable[..., None] | None = None
 """the codec's ``_reconstruct_numpy`` in one pass per frame (None without numba)"""
 reconstruct_into: Callable[..., int] | None = None
@@ -166,62 +177,71 @@ if _numba is not None:
 
     @_numba.njit(nogil=True)
     def _reconstruct_into_kernel(
-        src, size, items, copies, first, second, scratch, rgb, by_dict, item_end, copy_end
+        src, size, items, copies, first, second, scratch, rgb, by_dict, item_end, copy_end, lo, hi
     ):  # pragma: no cover - jitted
-        """Decode ``items`` (placement table: destination and reference of each) into
-        ``first``, ``second`` and ``scratch`` ([rows, width] each), then fill the ``copies``
-        (placement table: an output row that repeats another, the same frame twice in a
-        window). Returns the first item that does not decode (-1: none).
+        """Decode the items of windows ``lo .. hi - 1`` (placement table ``items``: destination
+        and reference of each) into ``first``, ``second`` and ``scratch`` ([rows, width] each),
+        and fill their ``copies`` (placement table: an output row that repeats another, the
+        same frame twice in a window). Returns the first item that does not decode (-1: none).
 
-        Dictionary coding goes window by window (``item_end[w]``, ``copy_end[w]``: the
-        window's items and copies end before these), in the channel-transformed domain, since
-        later frames of the window use earlier ones as dictionaries; the window's output rows
-        are transformed back at its end, while they are in cache. Residual coding finishes
-        each frame at once (decode, transform back, add the reference)."""
+        Items and copies are window-major: window ``w``'s end before ``item_end[w]`` and
+        ``copy_end[w]``, and refer only to their own window's rows, so disjoint window ranges
+        may be decoded at once on several threads (each with scratch rows of its own).
+        Dictionary coding stays in the channel-transformed domain until the window is
+        complete, since later frames of the window use earlier ones as dictionaries; the
+        window's output rows are transformed back at its end, while they are in cache.
+        Residual coding finishes each frame at once (decode, transform back, add the
+        reference)."""
         width = first.shape[1]
         plane = width // 3
-        if by_dict:
-            windows = item_end.size
-            first_rows, second_rows = first.shape[0] // windows, second.shape[0] // windows
-            i = 0
-            k = 0
-            for window in range(windows):
-                while i < item_end[window]:
-                    dest = _dest(first, second, scratch, items, i)
-                    if items[SRC_ARRAY, i] != NOWHERE:
+        windows = item_end.size
+        first_rows, second_rows = first.shape[0] // windows, second.shape[0] // windows
+        i = item_end[lo - 1] if lo > 0 else 0
+        k = copy_end[lo - 1] if lo > 0 else 0
+        for window in range(lo, hi):
+            while i < item_end[window]:
+                dest = _dest(first, second, scratch, items, i)
+                has_ref = items[SRC_ARRAY, i] != NOWHERE
+                if by_dict and has_ref:
+                    reference = _source(first, second, scratch, items, i)
+                    got = _lz4_dict_ptr(
+                        src[i], dest.ctypes.data, size[i], width, reference.ctypes.data, width
+                    )
+                else:
+                    got = _lz4_ptr(src[i], dest.ctypes.data, size[i], width)
+                if got != width:
+                    return i
+                if not by_dict:
+                    if rgb:
+                        _undo_channel_transform(dest, plane)
+                    if has_ref:
                         reference = _source(first, second, scratch, items, i)
-                        got = _lz4_dict_ptr(
-                            src[i], dest.ctypes.data, size[i], width, reference.ctypes.data, width
-                        )
-                    else:
-                        got = _lz4_ptr(src[i], dest.ctypes.data, size[i], width)
-                    if got != width:
-                        return i
-                    i += 1
-                while k < copy_end[window]:
-                    _copy(first, second, scratch, copies, k)
-                    k += 1
-                if rgb:
-                    for row in range(window * first_rows, (window + 1) * first_rows):
-                        _undo_channel_transform(first[row], plane)
-                    for row in range(window * second_rows, (window + 1) * second_rows):
-                        _undo_channel_transform(second[row], plane)
-            return -1
-        for i in range(src.size):
-            dest = _dest(first, second, scratch, items, i)
-            if _lz4_ptr(src[i], dest.ctypes.data, size[i], width) != width:
-                return i
-            if rgb:
-                _undo_channel_transform(dest, plane)
-            if items[SRC_ARRAY, i] != NOWHERE:
-                reference = _source(first, second, scratch, items, i)
-                for j in range(width):
-                    dest[j] += reference[j]
-        for k in range(copies.shape[1]):
-            _copy(first, second, scratch, copies, k)
+                        for j in range(width):
+                            dest[j] += reference[j]
+                i += 1
+            while k < copy_end[window]:
+                _copy(first, second, scratch, copies, k)
+                k += 1
+            if by_dict and rgb:
+                for row in range(window * first_rows, (window + 1) * first_rows):
+                    _undo_channel_transform(first[row], plane)
+                for row in range(window * second_rows, (window + 1) * second_rows):
+                    _undo_channel_transform(second[row], plane)
         return -1
 
     reconstruct_into = _reconstruct_into_kernel
+
+    _memmove_ptr = ctypes.CFUNCTYPE(
+        ctypes.c_ssize_t, ctypes.c_ssize_t, ctypes.c_ssize_t, ctypes.c_size_t
+    )(ctypes.cast(ctypes.memmove, ctypes.c_void_p).value)
+
+    @_numba.njit(nogil=True)
+    def _gather_kernel(src, size, offset, out):  # pragma: no cover - jitted
+        base = out.ctypes.data
+        for i in range(src.size):
+            _memmove_ptr(base + offset[i], src[i], size[i])
+
+    gather_bytes = _gather_kernel
 
     @_numba.njit(nogil=True)
     def _check_kernel(src, size, has_ref, work, by_dict):  # pragma: no cover - jitted

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from distdrq.replay.codec import decode_windows_into
+from distdrq.replay.codec import EpisodeFrames, decode_windows_into, plan_into
+from distdrq.replay.decoding import CodedBatch, CodedWindows, DecoderPool
 from distdrq.replay.episodes import EncodedFrameStore, Episode, grown
 from distdrq.types import Batch
 
@@ -115,7 +116,8 @@ class BatchAssembler:
     """Fills a batch from (slot, step) draws: frame stacks, actions, n-step rewards and
     discounts, weight versions. Raw frames are gathered episode by episode; coded frames are
     decoded for the whole batch in one :func:`~distdrq.replay.codec.decode_windows_into` call,
-    straight into the batch, with a work array reused across batches."""
+    straight into the batch, with a work array reused across batches, or planned and packed for
+    decoding elsewhere (:meth:`assemble_coded`)."""
 
     def __init__(self, codec: str, nstep: int, discount: float, frame_stack: int) -> None:
         self.codec = codec
@@ -131,34 +133,88 @@ class BatchAssembler:
         steps: np.ndarray,
         frame_shape: tuple[int, ...],
         batch: Batch,
+        decoder: DecoderPool | None = None,
     ) -> Batch:
         """Fill ``batch`` (checked by the caller) with the transitions at ``steps`` of the
-        episodes ``episodes[slots]``; equal slots must be adjacent."""
-        size, k, n = len(steps), self.frame_stack, self.nstep
-        floats = np.empty((size, n, batch.action.shape[1] + 2), np.float32)
-
-        # frame indices: the stack ending at t and the one ending at t + n, clamped to the reset
-        # frame; columns 0 .. k - 1 for obs, k .. 2k - 1 for next_obs
-        offsets = np.concatenate([np.arange(1 - k, 1), np.arange(n + 1 - k, n + 1)])
-        windows = np.maximum(steps[:, None] + offsets, 0)
-        transitions = steps[:, None] + np.arange(n)
+        episodes ``episodes[slots]``; equal slots must be adjacent. Coded frames are decoded on
+        this thread, or planned here and decoded by ``decoder``'s threads."""
+        size, k = len(steps), self.frame_stack
+        windows = self._windows(steps)
         obs = batch.obs.reshape(size, k, *frame_shape)
         next_obs = batch.next_obs.reshape(size, k, *frame_shape)
-
-        # gather, one episode at a time (coded frames: decoded below, all episodes at once)
         raw = self.codec == "raw"
+        self._transitions(episodes, slots, steps, batch, (windows, obs, next_obs) if raw else None)
+        if raw:
+            return batch
+        tables, local = _tables(episodes, slots)
+        if decoder is None:
+            self._scratch = decode_windows_into(
+                tables, local, windows, (obs, next_obs), self._scratch
+            )
+        else:
+            plan = plan_into(tables, local, windows, (k, k))
+            assert plan is not None
+            decoder.run([(plan, (obs, next_obs))])
+        return batch
+
+    def assemble_coded(
+        self,
+        episodes: list[Episode | None],
+        slots: np.ndarray,
+        steps: np.ndarray,
+        frame_shape: tuple[int, ...],
+        small: Batch,
+    ) -> CodedBatch:
+        """What :meth:`assemble` would fill, with the frames left coded: ``small``'s action,
+        reward, discount and version are filled (its obs and next_obs are not used) and the
+        frame windows are planned and packed (coded storage only)."""
+        if self.codec == "raw":
+            raise ValueError("raw frames have nothing to decode: sample them decoded")
+        k = self.frame_stack
+        self._transitions(episodes, slots, steps, small, None)
+        tables, local = _tables(episodes, slots)
+        plan = plan_into(tables, local, self._windows(steps), (k, k))
+        assert plan is not None
+        return CodedBatch(
+            windows=CodedWindows.pack(plan),
+            action=small.action,
+            reward=small.reward,
+            discount=small.discount,
+            version=small.version,
+            obs_shape=(k * frame_shape[0], *frame_shape[1:]),
+        )
+
+    def _windows(self, steps: np.ndarray) -> np.ndarray:
+        """Frame indices of each sample: the stack ending at t and the one ending at t + n,
+        clamped to the reset frame; columns 0 .. k - 1 for obs, k .. 2k - 1 for next_obs."""
+        k, n = self.frame_stack, self.nstep
+        offsets = np.concatenate([np.arange(1 - k, 1), np.arange(n + 1 - k, n + 1)])
+        return np.maximum(steps[:, None] + offsets, 0)
+
+    def _transitions(
+        self,
+        episodes: list[Episode | None],
+        slots: np.ndarray,
+        steps: np.ndarray,
+        batch: Batch,
+        raw_frames: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+    ) -> None:
+        """Actions, n-step rewards and discounts and versions into ``batch``, one episode at a
+        time; raw frames too when ``raw_frames`` (windows, obs, next_obs) is given."""
+        size, k, n = len(steps), self.frame_stack, self.nstep
+        floats = np.empty((size, n, batch.action.shape[1] + 2), np.float32)
+        transitions = steps[:, None] + np.arange(n)
         bounds = (np.flatnonzero(slots[1:] != slots[:-1]) + 1).tolist()
         for start, stop in zip([0, *bounds], [*bounds, size], strict=True):
             episode = episodes[int(slots[start])]
             assert episode is not None
-            if raw:
+            if raw_frames is not None:
+                windows, obs, next_obs = raw_frames
                 episode.frames.gather(windows[start:stop, :k], out=obs[start:stop])
                 episode.frames.gather(windows[start:stop, k:], out=next_obs[start:stop])
             window = transitions[start:stop]
             np.take(episode.floats, window, axis=0, out=floats[start:stop], mode="clip")
             np.take(episode.versions, steps[start:stop], out=batch.version[start:stop], mode="clip")
-        if not raw:
-            self._decode(episodes, slots, windows, obs, next_obs)
         batch.action[...] = floats[:, 0, :-2]
         rewards, discounts = floats[:, :, -2], floats[:, :, -1]
 
@@ -170,21 +226,16 @@ class BatchAssembler:
         for j in range(n):
             reward += discount * rewards[:, j]
             discount *= gamma * discounts[:, j]
-        return batch
 
-    def _decode(
-        self,
-        episodes: list[Episode | None],
-        slots: np.ndarray,
-        windows: np.ndarray,
-        obs: np.ndarray,
-        next_obs: np.ndarray,
-    ) -> None:
-        """Decode every sample's frame windows straight into ``obs`` and ``next_obs``."""
-        uniq, local = np.unique(slots, return_inverse=True)
-        tables = []
-        for slot in uniq.tolist():
-            episode = episodes[slot]
-            assert episode is not None and isinstance(episode.frames, EncodedFrameStore)
-            tables.append(episode.frames.episode)
-        self._scratch = decode_windows_into(tables, local, windows, (obs, next_obs), self._scratch)
+
+def _tables(
+    episodes: list[Episode | None], slots: np.ndarray
+) -> tuple[list[EpisodeFrames], np.ndarray]:
+    """The coded frame tables of the episodes drawn, and each sample's index among them."""
+    uniq, local = np.unique(slots, return_inverse=True)
+    tables = []
+    for slot in uniq.tolist():
+        episode = episodes[slot]
+        assert episode is not None and isinstance(episode.frames, EncodedFrameStore)
+        tables.append(episode.frames.episode)
+    return tables, local

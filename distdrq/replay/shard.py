@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from distdrq.replay.decoding import CodedBatch, DecoderPool
 from distdrq.replay.diskcodec import describes, encode_frames
 from distdrq.replay.episodes import (
     EncodedFrameStore,
@@ -256,7 +257,11 @@ class ReplayShard:
         return len(self._episodes)
 
     def sample(
-        self, batch_size: int, rng: np.random.Generator | None = None, out: Batch | None = None
+        self,
+        batch_size: int,
+        rng: np.random.Generator | None = None,
+        out: Batch | None = None,
+        decoder: DecoderPool | None = None,
     ) -> Batch:
         """``batch_size`` n-step transitions drawn uniformly (with replacement) over all valid
         starts, grouped by episode as the class docstring says; uses the shard's own generator
@@ -266,8 +271,41 @@ class ReplayShard:
         example in pinned memory) that is filled and returned: reusing buffers saves allocating
         and page-faulting two fresh observation arrays per batch.
 
+        ``decoder``: a :class:`~distdrq.replay.decoding.DecoderPool` whose threads decode the
+        coded frames (this thread draws and plans), for the same batch in less time where
+        there are cores to spare (``distdrq train`` with ``replay.decode_on=learner``).
+
         Raises :class:`ValueError` if no episode has ``nstep`` transitions yet.
         """
+        slots, steps = self._draw(batch_size, rng)
+        return self._gather(slots, steps, out, decoder)
+
+    def sample_coded(self, batch_size: int, rng: np.random.Generator | None = None) -> CodedBatch:
+        """:meth:`sample` with the frames left coded, for decoding elsewhere
+        (``replay.decode_on=learner``): the same draws from the same generator, the same
+        actions, rewards, discounts and versions, and the coded bytes of the frames the batch
+        needs (a copy: it stays valid whatever the shard does next). Decoded by a
+        :class:`~distdrq.replay.decoding.DecoderPool`, it is bit for bit what :meth:`sample`
+        returns. Raises :class:`ValueError` as :meth:`sample` does, and for a raw shard."""
+        if self.codec == "raw":
+            raise ValueError("a raw shard has nothing to decode: use sample()")
+        slots, steps = self._draw(batch_size, rng)
+        assert self._frame_shape is not None and self._action_dim is not None
+        small = Batch(
+            obs=np.empty(0, np.uint8),
+            action=np.empty((batch_size, self._action_dim), np.float32),
+            reward=np.empty(batch_size, np.float32),
+            discount=np.empty(batch_size, np.float32),
+            next_obs=np.empty(0, np.uint8),
+            version=np.empty(batch_size, np.int64),
+        )
+        return self._assembler.assemble_coded(
+            self._index.slots, slots, steps, self._frame_shape, small
+        )
+
+    def _draw(
+        self, batch_size: int, rng: np.random.Generator | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         if batch_size <= 0:
             raise ValueError(f"batch_size={batch_size} must be > 0")
         if self._index.total == 0:
@@ -275,8 +313,7 @@ class ReplayShard:
                 f"nothing to sample: {self._transitions} transitions in {len(self._episodes)} "
                 f"episodes and none has nstep={self.nstep} transitions yet"
             )
-        slots, steps = self._index.draw(batch_size, rng if rng is not None else self._rng)
-        return self._gather(slots, steps, out)
+        return self._index.draw(batch_size, rng if rng is not None else self._rng)
 
     def empty_batch(self, batch_size: int) -> Batch:
         """Uninitialised arrays shaped as :meth:`sample` returns them (for ``out``)."""
@@ -303,13 +340,21 @@ class ReplayShard:
             )
         return self._gather(np.full(len(steps), episode.slot), steps)
 
-    def _gather(self, slots: np.ndarray, steps: np.ndarray, out: Batch | None = None) -> Batch:
+    def _gather(
+        self,
+        slots: np.ndarray,
+        steps: np.ndarray,
+        out: Batch | None = None,
+        decoder: DecoderPool | None = None,
+    ) -> Batch:
         """Build a batch from (slot, step) pairs; equal slots must be adjacent."""
         batch = self.empty_batch(len(steps)) if out is None else out
         if out is not None:
             check_out(out, self.empty_batch(0), len(steps))
         assert self._frame_shape is not None
-        return self._assembler.assemble(self._index.slots, slots, steps, self._frame_shape, batch)
+        return self._assembler.assemble(
+            self._index.slots, slots, steps, self._frame_shape, batch, decoder
+        )
 
     # -----------------------------------------------------------------------------------------
     # stats and checkpoints

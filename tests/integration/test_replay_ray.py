@@ -126,3 +126,44 @@ def test_rate_limiter_declines_and_close_releases(ray_cluster):
     assert client.sample(4, timeout=30) is None
     assert time.monotonic() - start < 5
     ray.kill(shard, no_restart=True)
+
+
+def test_coded_batches_cross_ray_and_decode_as_the_shard_would(ray_cluster):
+    """replay.decode_on=learner: a shard actor sends its parts coded, through Ray's object
+    store; the client decodes them on two threads into its buffer, and every batch equals, bit
+    for bit, what a local shard fed the same chunks (same seed) samples and decodes itself."""
+    from distdrq.replay import ReplayShard
+    from distdrq.replay.decoding import CodedBatch, DecoderPool
+
+    codec, seed = "lz4d-star32", 5
+    cfg = ReplayConfig(capacity=10_000, nstep=3, discount=0.99, codec=codec, decode_on="learner")
+    (shard,) = start_replay_shards(
+        1,
+        cfg,
+        frame_stack=3,
+        samples_per_insert=None,
+        min_size_to_sample=10,
+        name_prefix="t3",
+        seed=seed,
+        num_cpus=0.5,
+    )
+    local = ReplayShard(10_000, 3, 0.99, 3, seed=seed, codec=codec)  # shard 0's own seed
+    writer = EpisodeWriter(0, chunk_length=25, codec=codec)
+    for version in range(3):
+        chunks = _episode(writer, 60, version=version)
+        assert all(ray.get([shard.insert.remote(c) for c in chunks]))
+        for chunk in chunks:
+            local.insert(chunk)
+    with DecoderPool(2) as pool:
+        client = ReplayClient([shard], seed=0, decoder=pool)
+        out = local.empty_batch(64)
+        for _ in range(4):
+            pending = client.request(64)
+            part = ray.get(pending[0][1]).batch
+            assert isinstance(part, CodedBatch) and len(part) == 64
+            assert client.collect(pending, out) is out
+            expected = local.sample(64)
+            for name in ("obs", "next_obs", "action", "reward", "discount", "version"):
+                np.testing.assert_array_equal(getattr(out, name), getattr(expected, name))
+    assert client.decode_failures == 0
+    ray.kill(shard, no_restart=True)

@@ -103,6 +103,7 @@ AGENT_RULES = [
     ("agent.stddev_schedule.final=-1", "agent.stddev_schedule.final=-1.0 must be >= 0"),
     ("agent.stddev_schedule.duration=0", "agent.stddev_schedule.duration=0 must be > 0"),
     ("agent.num_expl_steps=-5", "agent.num_expl_steps=-5 must be >= 0"),
+    ("agent.metrics_every=0", "agent.metrics_every=0 must be > 0"),
     ("agent.device=gpu", "agent.device='gpu' is not a torch device; use auto, cpu, cuda or cuda:N"),
 ]  # fmt: skip
 
@@ -113,6 +114,8 @@ AGENT_RULES = [
         *AGENT_RULES,
         ("replay.discount=1.5", "replay.discount=1.5 must be in (0, 1]"),
         ("replay.nstep=0", "replay.nstep=0 must be > 0"),
+        ("replay.decode_on=gpu", "replay.decode_on='gpu' is not allowed; choose one of: learner"),
+        ("replay.decode_threads=0", "replay.decode_threads=0 must be > 0"),
         ("env.image_size=8", "env.image_size=8 is too small; use 16 or more"),
         ("env.camera_id=-2", "env.camera_id=-2 must be -1 (the task's default camera) or >= 0"),
         ("distributed.learner_gpus=-0.5", "distributed.learner_gpus=-0.5 must be -1 (one GPU if"),

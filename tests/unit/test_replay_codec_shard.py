@@ -10,6 +10,7 @@ import pytest
 
 from distdrq.replay import EpisodeWriter, ReplayShard
 from distdrq.replay.codec import CODECS, EncodedFrames, FrameEncoder
+from distdrq.replay.decoding import DecoderPool
 from distdrq.replay.snapshot import read_snapshot, write_snapshot
 from distdrq.types import Batch, Chunk
 
@@ -81,6 +82,29 @@ def assert_same(a: Batch, b: Batch) -> None:
         np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
 
 
+PATHS = ("shard", "learner", "learner-local")
+"""where a compressed shard's frames are decoded (replay.decode_on): on the sampling thread;
+by the learner, from coded batches (distdrq launch); by a decoder pool straight from the
+shard's memory (distdrq train)"""
+POOL = DecoderPool(2)
+"""the learner side's decoder: two threads, so that every batch is cut into two ranges"""
+
+
+def sample_on(
+    path: str,
+    shard: ReplayShard,
+    size: int,
+    rng: np.random.Generator | None = None,
+    out: Batch | None = None,
+) -> Batch:
+    """A batch of ``shard``'s decoded on ``path``'s side (raw shards: always by the shard)."""
+    if path == "shard" or shard.codec == "raw":
+        return shard.sample(size, rng=rng, out=out)
+    if path == "learner-local":
+        return shard.sample(size, rng=rng, out=out, decoder=POOL)
+    return POOL.assemble([shard.sample_coded(size, rng=rng)], out)
+
+
 def interleaved(plans: list[list[Chunk]]) -> list[Chunk]:
     """Chunks of several episodes interleaved (episodes written at the same time)."""
     out, queues = [], [list(p) for p in plans]
@@ -104,10 +128,11 @@ def interleaved(plans: list[list[Chunk]]) -> list[Chunk]:
         ("lz4d-star32", (1, 9, 8), 5, 2, 150),
     ],
 )
-def test_compressed_sampling_is_bit_exact(codec, shape, nstep, frame_stack, capacity):
+@pytest.mark.parametrize("path", PATHS)
+def test_compressed_sampling_is_bit_exact(codec, shape, nstep, frame_stack, capacity, path):
     """Raw chunks into a raw and a compressed shard, writer-encoded chunks into another
     compressed shard: same rng, identical batches, through partial chunks, episode starts and
-    ends and eviction."""
+    ends and eviction; the compressed shards' frames decoded on ``path``'s side."""
     rng = np.random.default_rng(1)
     raw_eps, enc_eps = Episodes(shape, seed=2), Episodes(shape, seed=2)
     shards = [
@@ -137,14 +162,14 @@ def test_compressed_sampling_is_bit_exact(codec, shape, nstep, frame_stack, capa
             shards[1].insert(raw_chunk)
             shards[2].insert(enc_chunk)
             if shards[0].num_sampleable and rng.random() < 0.3:
-                batches = [s.sample(32) for s in shards]
+                batches = [sample_on(path, s, 32) for s in shards]
                 assert_same(batches[0], batches[1])
                 assert_same(batches[0], batches[2])
         assert [s.stats()["transitions"] for s in shards[1:]] == [len(shards[0])] * 2
         assert list(shards[1]._episodes) == list(shards[0]._episodes) == list(shards[2]._episodes)
         outs = [s.empty_batch(64) for s in shards]
         for s, out in zip(shards, outs, strict=True):
-            assert s.sample(64, rng=np.random.default_rng(key), out=out) is out
+            assert sample_on(path, s, 64, rng=np.random.default_rng(key), out=out) is out
         assert_same(outs[0], outs[1])
         assert_same(outs[0], outs[2])
     assert shards[0]._evicted or capacity > 1000
@@ -342,5 +367,67 @@ def test_numpy_fallback_decoder_gives_the_same_batches(monkeypatch):
     import distdrq.replay.codec as codec_mod
 
     monkeypatch.setattr(codec_mod, "_reconstruct", codec_mod._reconstruct_numpy)
-    test_compressed_sampling_is_bit_exact("lz4-tree", (3, 8, 8), 3, 3, 200)
-    test_compressed_sampling_is_bit_exact("lz4d-star32", (3, 8, 8), 3, 3, 200)
+    test_compressed_sampling_is_bit_exact("lz4-tree", (3, 8, 8), 3, 3, 200, "shard")
+    test_compressed_sampling_is_bit_exact("lz4d-star32", (3, 8, 8), 3, 3, 200, "shard")
+
+
+def _filled_shards(codec: str, count: int, seed: int = 8) -> list[ReplayShard]:
+    """``count`` compressed shards with the same episodes and generator."""
+    eps = Episodes((3, 10, 9), seed=seed)
+    plans = [eps.episode(key, 30 + 7 * key, [9, 20], key % 3 != 2, codec) for key in range(6)]
+    shards = [ReplayShard(10_000, 3, GAMMA, 3, seed=seed, codec=codec) for _ in range(count)]
+    for chunk in interleaved(plans):
+        for shard in shards:
+            shard.insert(chunk)
+    return shards
+
+
+@pytest.mark.parametrize("codec", ["lz4d-star32", "lz4-tree"])
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+def test_decoder_pool_assembles_parts_into_one_buffer(codec, threads):
+    """Parts from several shards, coded and decoded mixed, into the rows of one reused buffer
+    on 1-5 threads: the batch the shards would have decoded, part after part (also a part of
+    one sample, fewer windows than threads)."""
+    decoded, coded = _filled_shards(codec, 2)
+    sizes = [1, 40, 23]
+    out = decoded.empty_batch(sum(sizes))
+    with DecoderPool(threads) as pool:
+        for round_ in range(3):
+            rng_a, rng_b = np.random.default_rng(round_), np.random.default_rng(round_)
+            expected = [decoded.sample(n, rng=rng_a) for n in sizes]
+            parts = [coded.sample_coded(sizes[0], rng=rng_b), coded.sample(sizes[1], rng=rng_b)]
+            parts.append(coded.sample_coded(sizes[2], rng=rng_b))
+            assert pool.assemble(parts, out) is out
+            start = 0
+            for part in expected:
+                rows = slice(start, start + len(part))
+                for name in FIELDS:
+                    np.testing.assert_array_equal(getattr(out, name)[rows], getattr(part, name))
+                start += len(part)
+
+
+def test_coded_batch_is_a_copy_and_smaller_than_the_decoded_one():
+    """A coded batch holds its own bytes (the shard may evict the episodes before it is
+    decoded), each needed frame once, and the shard's generator moved as sample() moves it."""
+    shard, twin = _filled_shards("lz4d-star32", 2)
+    coded = shard.sample_coded(200, rng=np.random.default_rng(3))
+    expected = twin.sample(200, rng=np.random.default_rng(3))
+    shard.clear()  # every episode dropped: the coded batch must not point into them
+    assert_same(POOL.assemble([coded]), expected)
+    windows = coded.windows
+    assert len(np.unique(windows.offset)) < windows.offset.size  # shared frames sent once
+    assert windows.payload.nbytes < (expected.obs.nbytes + expected.next_obs.nbytes) / 2
+    tables = windows.nbytes - windows.payload.nbytes
+    assert tables <= 24 * windows.size.size + 16 * windows.copies.shape[1] + 8 * 200
+    a, b = _filled_shards("lz4d-star32", 2)
+    a.sample_coded(10)
+    b.sample(10)
+    assert a._rng.bit_generator.state == b._rng.bit_generator.state
+
+
+def test_raw_shard_has_nothing_to_decode():
+    shard = ReplayShard(100, 1, GAMMA, 1)
+    with pytest.raises(ValueError, match="raw shard has nothing to decode"):
+        shard.sample_coded(4)
+    with pytest.raises(ValueError, match="at least one thread"):
+        DecoderPool(0)

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from test_replay_codec_shard import GAMMA, Episodes, assert_same
+from test_replay_codec_shard import GAMMA, PATHS, Episodes, assert_same, sample_on
 
 from distdrq.replay import ReplayShard
 from distdrq.replay.errors import ChunkRejected, ReplayStateError
@@ -83,9 +83,9 @@ class ChunkWorld:
 
     def assert_same_samples(self) -> None:
         for seed in (1, 2):
-            a = self.shard.sample(64, rng=np.random.default_rng(seed))
             b = self.reference.sample(64, rng=np.random.default_rng(seed))
-            assert_same(a, b)
+            for path in PATHS:  # decoded by the shard, and by the learner's side
+                assert_same(sample_on(path, self.shard, 64, rng=np.random.default_rng(seed)), b)
         for key, episode in self.shard._episodes.items():
             steps = np.arange(max(0, episode.length - NSTEP + 1))
             if len(steps):

@@ -16,7 +16,7 @@ import msgpack
 import numpy as np
 import pytest
 import torch
-from test_replay_codec_shard import GAMMA, Episodes, assert_same
+from test_replay_codec_shard import GAMMA, PATHS, Episodes, assert_same, sample_on
 
 from distdrq.checkpoint import CheckpointError, load_checkpoint, load_latest, save_checkpoint
 from distdrq.replay import EpisodeWriter, ReplayShard
@@ -174,8 +174,9 @@ def test_crafted_frame_shape_is_rejected_before_any_allocation():
     assert len(shard) == 0 and shard.stats()["rejected_chunks_format"] == 4
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("codec", CODECS)
-def test_a_rejected_chunk_truncates_its_episode_without_a_gap(codec):
+def test_a_rejected_chunk_truncates_its_episode_without_a_gap(codec, path):
     """Chunk 2 of 3 rejected: the episode keeps its first chunk (sampleable as it was), chunk 3
     does not fit (order), the repaired chunk 2 and then chunk 3 still can go in."""
     shard, (second, third) = filled(codec)
@@ -189,14 +190,14 @@ def test_a_rejected_chunk_truncates_its_episode_without_a_gap(codec):
     assert shard._episodes[3].length == 10 and not shard._episodes[3].ended
     for seed in (3, None):  # a given generator, then each shard's own
         rngs = [np.random.default_rng(seed) if seed else None for _ in range(2)]
-        assert_same(shard.sample(128, rng=rngs[0]), reference.sample(128, rng=rngs[1]))
+        assert_same(sample_on(path, shard, 128, rngs[0]), reference.sample(128, rng=rngs[1]))
     stats = shard.stats()
     assert (stats["rejected_chunks"], stats["rejected_chunks_order"]) == (2, 1)
     assert stats["rejected_transitions"] == 20
     for chunk in (second, third):
         shard.insert(chunk)
         reference.insert(chunk)
-    assert_same(shard.sample(128), reference.sample(128))
+    assert_same(sample_on(path, shard, 128), reference.sample(128))
 
 
 def test_writer_abandons_an_episode_after_a_rejection():
@@ -539,3 +540,54 @@ def test_encoded_frames_travel_with_their_checksum_through_msgpack():
     for junk in (b"", b"\x91\x01", msgpack.packb({"codec": 1})):
         with pytest.raises(ValueError, match="not msgpack-encoded frames"):
             type(chunk.encoded).from_msgpack(junk)
+
+
+def test_damaged_coded_batches_are_one_line_errors_never_stray_writes():
+    """A coded batch (replay.decode_on=learner) whose tables or bytes were damaged on the way:
+    a :class:`CodedBatchError` in one line, or (bytes that still decode, rows still in range)
+    a batch of other pixels; never a crash. Random mutations of every table, then targeted
+    ones."""
+    from test_replay_codec_shard import POOL
+
+    from distdrq.replay.decoding import CodedBatchError
+
+    shard, _ = filled("lz4d-star32")
+    good = shard.sample_coded(48, rng=np.random.default_rng(0))
+    out = shard.empty_batch(48)
+    rng = np.random.default_rng(7)
+    outcomes = {"refused": 0, "decoded": 0}
+    tables = ("offset", "size", "items", "copies", "item_end", "copy_end", "payload")
+    for _ in range(400):
+        windows = replace(good.windows, **{n: getattr(good.windows, n).copy() for n in tables})
+        for _ in range(int(rng.integers(1, 4))):
+            array = getattr(windows, tables[int(rng.integers(len(tables)))])
+            if array.size:
+                flat = array.reshape(-1)
+                i = int(rng.integers(flat.size))
+                if array.dtype == np.uint8:
+                    flat[i] ^= np.uint8(1 << int(rng.integers(8)))
+                else:
+                    flat[i] = rng.choice([-1, 0, 1, flat[i] + 1, flat[i] - 1, 2**31 - 1, 7])
+        try:
+            POOL.assemble([replace(good, windows=windows)], out)
+            outcomes["decoded"] += 1
+        except CodedBatchError as exc:
+            assert "\n" not in str(exc)
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 100 and outcomes["decoded"] > 10, outcomes
+
+    def damaged(**changes):
+        return replace(good, windows=replace(good.windows, **changes))
+
+    w = good.windows
+    for bad, match in (
+        (damaged(payload=w.payload[:-1]), "outside the payload"),
+        (damaged(scratch_rows=0), "row outside the batch"),
+        (damaged(item_end=w.item_end[:-1]), "window ends"),
+        (damaged(widths=(3, 3, 3)), "one or two output arrays"),
+        (damaged(widths=(2, 3)), "row outside the batch|frames per window"),
+        (damaged(payload=np.zeros_like(w.payload)), "does not decode"),
+    ):
+        with pytest.raises(CodedBatchError, match=match):
+            POOL.assemble([bad], out)
+    assert_same(POOL.assemble([good], out), shard.sample(48, rng=np.random.default_rng(0)))
