@@ -18,7 +18,6 @@ iteration. State-actor runs record no evaluation videos (nothing is rendered).
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import time
 from collections import deque
@@ -38,6 +37,7 @@ from distdrq.run.counters import Counters
 from distdrq.run.evaluation import evaluate_and_record
 from distdrq.run.groups import GroupRunner, WindowResult
 from distdrq.run.rundir import rollback_records, save_run_config
+from distdrq.run.session import finite, training_session
 
 _SHOWN = (("sigma", "policy std"), ("temperature", "temperature"), ("iteration_s", "s/iteration"))
 
@@ -110,37 +110,22 @@ class SDPGTrainer:
         cfg, c = self.cfg, self.counters
         progress = progress or ProgressDisplay(cfg.env.task, cfg.train.frames)
         progress.extra = list(_SHOWN)
-        interrupted = False
-        previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-        with progress:
+        units = ("iterations", "nominal episodes")
+        with progress, training_session(c, self.run_dir, self.save, progress, units) as clock:
             self._greet(progress)
-            start, base_wall = time.monotonic(), c.wall_time
-            try:
-                while c.frames < cfg.train.frames:
-                    if c.frames >= c.next_eval_frame:
-                        self._run_eval(progress)
-                    metrics = self.iteration()
-                    c.wall_time = base_wall + time.monotonic() - start
-                    self._log_train(metrics)
-                    if c.next_checkpoint_frame <= c.frames < cfg.train.frames:
-                        self.save()
-                        c.next_checkpoint_frame = c.frames + cfg.train.checkpoint_every_frames
-                    self._show(progress, metrics)
-                if c.last_eval_frame != c.frames:  # always end with an evaluation
+            while c.frames < cfg.train.frames:
+                if c.frames >= c.next_eval_frame:
                     self._run_eval(progress)
-            except KeyboardInterrupt:
-                interrupted = True
-                progress.message("interrupted: writing a checkpoint (Ctrl-C again to abort)")
-            finally:
-                signal.signal(signal.SIGTERM, previous_sigterm)
-            c.wall_time = base_wall + time.monotonic() - start
-            path = self.save()
-            progress.message(
-                f"{'stopped' if interrupted else 'done'} at frame {c.frames:,} "
-                f"({c.updates:,} iterations, {c.episodes} nominal episodes); checkpoint {path}"
-            )
-        (self.run_dir / "summary.json").write_text(json.dumps(c.to_dict(), indent=2))
-        return c
+                metrics = self.iteration()
+                clock.tick()
+                self._log_train(metrics)
+                if c.next_checkpoint_frame <= c.frames < cfg.train.frames:
+                    self.save()
+                    c.next_checkpoint_frame = c.frames + cfg.train.checkpoint_every_frames
+                self._show(progress, metrics)
+            if c.last_eval_frame != c.frames:  # always end with an evaluation
+                self._run_eval(progress)
+        return c  # also after Ctrl-C, which the session turns into a checkpoint
 
     def iteration(self) -> dict[str, float]:
         """One SDPG iteration: weights to the runner, a window, a learner step; its metrics."""
@@ -233,8 +218,8 @@ class SDPGTrainer:
             c.frames,
             c.updates,
             episode=c.episodes,
-            train_return=_finite(c.last_train_return),
-            eval_return=_finite(c.last_eval_return),
+            train_return=finite(c.last_train_return),
+            eval_return=finite(c.last_eval_return),
             **{key: metrics.get(key) for key, _ in _SHOWN},
         )
 
@@ -293,11 +278,3 @@ def _interrupts_deferred() -> Iterator[None]:
             signal.signal(sig, handler)
     if caught:
         raise KeyboardInterrupt
-
-
-def _finite(value: float) -> float | None:
-    return value if np.isfinite(value) else None
-
-
-def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt

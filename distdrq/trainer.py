@@ -8,9 +8,6 @@ The loop is DrQ-v2's: seed frames of uniform actions, then an update every
 
 from __future__ import annotations
 
-import json
-import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +36,7 @@ from distdrq.run.rundir import (
     rollback_records,
     save_run_config,
 )
+from distdrq.run.session import finite, training_session
 
 
 class Trainer:
@@ -158,9 +156,7 @@ class Trainer:
         cfg, c = self.cfg, self.counters
         progress = progress or ProgressDisplay(cfg.env.task, cfg.train.frames)
         seed_steps = cfg.train.seed_frames // cfg.env.action_repeat
-        interrupted = False
-        previous_sigterm = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-        with progress:
+        with progress, training_session(c, self.run_dir, self.save, progress) as clock:
             for text in self._messages:
                 progress.message(text)
             if self.resumed_from is not None:
@@ -171,70 +167,53 @@ class Trainer:
                 f"learner on {self.agent.device} ({precision_label(self.agent)}); "
                 f"run dir {self.run_dir}"
             )
-            start = time.monotonic()
-            base_wall = c.wall_time
             ts = self.env.reset()
             self.writer.begin(ts.frame)
             episode_return = 0.0
             last_log_frame = c.frames
             metrics: dict[str, float] = {}
-            try:
-                while c.frames < cfg.train.frames:
-                    if self._eval_due():
-                        self._run_eval(progress)
-                    # act
-                    with torch.no_grad():
-                        action = self.agent.act(ts.observation, c.steps, eval_mode=False)
-                    # update
-                    update_due = (
-                        c.steps >= seed_steps and c.steps % cfg.agent.update_every_steps == 0
-                    )
-                    if update_due and self.replay.num_sampleable > 0:
-                        metrics = self._update(c.steps) or metrics
-                        c.updates += 1
-                    # step
-                    ts = self.env.step(action)
-                    episode_return += ts.reward
-                    chunk = self.writer.append(action, ts.reward, ts.discount, ts.frame, ts.last)
-                    if chunk is not None:
-                        self._insert(chunk, progress)
-                    c.steps += 1
-                    c.frames += cfg.env.action_repeat
-                    c.wall_time = base_wall + time.monotonic() - start
-                    if ts.last:
-                        c.episodes += 1
-                        c.last_train_return = episode_return
-                        episode_return = 0.0
-                        if c.frames >= c.next_checkpoint_frame and c.frames < cfg.train.frames:
-                            self.save()
-                            c.next_checkpoint_frame = c.frames + cfg.train.checkpoint_every_frames
-                        ts = self.env.reset()
-                        self.writer.begin(ts.frame)
-                    if c.frames - last_log_frame >= cfg.train.log_every_frames or ts.first:
-                        last_log_frame = c.frames
-                        self._log_train(metrics)
-                    progress.update(
-                        c.frames,
-                        c.updates,
-                        episode=c.episodes,
-                        train_return=_finite(c.last_train_return),
-                        eval_return=_finite(c.last_eval_return),
-                    )
-                if c.last_eval_frame != c.frames:  # always end with an evaluation
+            while c.frames < cfg.train.frames:
+                if self._eval_due():
                     self._run_eval(progress)
-            except KeyboardInterrupt:
-                interrupted = True
-                progress.message("interrupted: writing a checkpoint (Ctrl-C again to abort)")
-            finally:
-                signal.signal(signal.SIGTERM, previous_sigterm)
-            c.wall_time = base_wall + time.monotonic() - start
-            path = self.save()
-            progress.message(
-                f"{'stopped' if interrupted else 'done'} at frame {c.frames:,} "
-                f"({c.updates:,} updates, {c.episodes} episodes); checkpoint {path}"
-            )
-        (self.run_dir / "summary.json").write_text(json.dumps(c.to_dict(), indent=2))
-        return c
+                # act
+                with torch.no_grad():
+                    action = self.agent.act(ts.observation, c.steps, eval_mode=False)
+                # update
+                update_due = c.steps >= seed_steps and c.steps % cfg.agent.update_every_steps == 0
+                if update_due and self.replay.num_sampleable > 0:
+                    metrics = self._update(c.steps) or metrics
+                    c.updates += 1
+                # step
+                ts = self.env.step(action)
+                episode_return += ts.reward
+                chunk = self.writer.append(action, ts.reward, ts.discount, ts.frame, ts.last)
+                if chunk is not None:
+                    self._insert(chunk, progress)
+                c.steps += 1
+                c.frames += cfg.env.action_repeat
+                clock.tick()
+                if ts.last:
+                    c.episodes += 1
+                    c.last_train_return = episode_return
+                    episode_return = 0.0
+                    if c.frames >= c.next_checkpoint_frame and c.frames < cfg.train.frames:
+                        self.save()
+                        c.next_checkpoint_frame = c.frames + cfg.train.checkpoint_every_frames
+                    ts = self.env.reset()
+                    self.writer.begin(ts.frame)
+                if c.frames - last_log_frame >= cfg.train.log_every_frames or ts.first:
+                    last_log_frame = c.frames
+                    self._log_train(metrics)
+                progress.update(
+                    c.frames,
+                    c.updates,
+                    episode=c.episodes,
+                    train_return=finite(c.last_train_return),
+                    eval_return=finite(c.last_eval_return),
+                )
+            if c.last_eval_frame != c.frames:  # always end with an evaluation
+                self._run_eval(progress)
+        return c  # also after Ctrl-C, which the session turns into a checkpoint
 
     def _update(self, step: int) -> dict[str, float] | None:
         """Sample a batch into a host buffer, stage it and update on it at once (sampling sees
@@ -302,11 +281,3 @@ def precision_label(agent: Any) -> str:
     name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, str(dtype))
     scaler = getattr(agent, "critic_scaler", None)
     return f"{name} + grad scaler" if scaler is not None and scaler.is_enabled() else name
-
-
-def _finite(value: float) -> float | None:
-    return value if np.isfinite(value) else None
-
-
-def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt

@@ -1,0 +1,72 @@
+"""One session of a single-process run (``distdrq train``, any algorithm): Ctrl-C and SIGTERM
+end it with a checkpoint, its wall time adds up over resumed sessions, and it leaves a
+``summary.json`` of the counters."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from distdrq.progress import ProgressDisplay
+from distdrq.run.counters import Counters
+
+
+class Clock:
+    """The session's wall time, added to what earlier sessions of the run spent."""
+
+    def __init__(self, counters: Counters) -> None:
+        self._counters = counters
+        self._start = time.monotonic()
+        self._base = counters.wall_time
+
+    def tick(self) -> None:
+        """Bring ``counters.wall_time`` up to now."""
+        self._counters.wall_time = self._base + time.monotonic() - self._start
+
+
+@contextlib.contextmanager
+def training_session(
+    counters: Counters,
+    run_dir: Path,
+    save: Callable[[], Path],
+    progress: ProgressDisplay,
+    units: tuple[str, str] = ("updates", "episodes"),
+) -> Iterator[Clock]:
+    """The block is the training loop. On its end, or on Ctrl-C/SIGTERM (a KeyboardInterrupt
+    raised anywhere in it), the counters' wall time is brought up to date, ``save()`` writes
+    the checkpoint and one line says where the run stopped, counting ``units`` (names of
+    ``counters.updates`` and ``counters.episodes``)."""
+    interrupted = False
+    previous_sigterm = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    clock = Clock(counters)
+    try:
+        yield clock
+    except KeyboardInterrupt:
+        interrupted = True
+        progress.message("interrupted: writing a checkpoint (Ctrl-C again to abort)")
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
+    clock.tick()
+    path = save()
+    c = counters
+    progress.message(
+        f"{'stopped' if interrupted else 'done'} at frame {c.frames:,} "
+        f"({c.updates:,} {units[0]}, {c.episodes} {units[1]}); checkpoint {path}"
+    )
+    (run_dir / "summary.json").write_text(json.dumps(c.to_dict(), indent=2))
+
+
+def raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    """A signal handler: SIGTERM stops a run as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+def finite(value: float | None) -> float | None:
+    """``value``, or None where it is missing or not finite (the panel shows ``--``)."""
+    return value if value is not None and math.isfinite(value) else None
