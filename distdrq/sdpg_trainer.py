@@ -176,6 +176,9 @@ class SDPGTrainer:
 
     def _run_eval(self, progress: ProgressDisplay) -> None:
         c, train = self.counters, self.cfg.train
+        progress.message(  # an evaluation takes minutes on a CPU: say what is happening
+            f"evaluating at frame {c.frames:,}: {train.eval_episodes} episodes, mean action"
+        )
         metrics = evaluate_and_record(
             self.agent,
             self.eval_env,

@@ -47,6 +47,10 @@ def test_train_checkpoint_resume(tmp_path):
     )
     assert first.returncode == 0, first.stderr[-3000:]
     assert "done at frame 400" in first.stdout
+    # the evaluation at frame 0 (minutes on a CPU) is announced before it runs
+    lines = first.stdout.splitlines()
+    announced = lines.index(next(x for x in lines if x.startswith("evaluating at frame 0:")))
+    assert any(x.startswith("eval at frame 0") for x in lines[announced + 1 :])
     s1 = _summary(run_dir)
     assert s1["frames"] == 400 and s1["steps"] == 200
     assert s1["updates"] == (200 - 100) // 2  # seed frames 200 = 100 steps, update every 2
