@@ -164,15 +164,14 @@ class Monitor:
             if info.starts <= seen:
                 continue
             self._starts_seen[role] = info.starts
-            extra = ""
+            reason, detail = self._explain(role)
+            extra = f"; {detail}" if detail else ""
             if role.startswith("replay-"):
                 before = self._shard_stats.get(int(role.split("-")[1]), {}).get("transitions")
                 extra = (
                     f"; it held {int(before):,} transitions before" if before is not None else ""
                 )
-            self.progress.message(
-                f"{role} restarted ({self._explain(role)}){extra}; restarts: {info.restarts}"
-            )
+            self.progress.message(f"{role} restarted ({reason}){extra}; restarts: {info.restarts}")
 
 
 def _finite(value: float | None) -> float | None:

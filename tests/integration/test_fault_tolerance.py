@@ -212,7 +212,7 @@ def test_killed_env_actor_and_shard_recover(tmp_path):
     # leave our line behind its text without a newline between them)
     for role in ("env-0", "replay-0", "learner"):
         assert out.count(f"{role} restarted (") == 1, (role, out[-6000:])
-    assert "recreated from ckpt_" in out
+    assert "); recreated from ckpt_" in out  # the reason, then where the learner came from
     assert "Traceback" not in out
 
 

@@ -110,3 +110,23 @@ def test_refresh_never_waits_and_reports_once(ray_cluster, tmp_path):
 
 def _text(metrics):
     return generate_latest(metrics.registry).decode()
+
+
+def test_restart_lines_name_the_reason_once_per_incarnation(tmp_path):
+    from distdrq.distributed.messages import RoleState
+
+    out = io.StringIO()
+    progress = ProgressDisplay("t", 1000, stream=out, live=False)
+    reasons = {"learner": ("The actor died", "recreated from ckpt_000000001000.pt")}
+    explain = lambda role: reasons.get(role, ("its process died", ""))  # noqa: E731
+    monitor = Monitor(tmp_path, progress, None, lambda: None, explain)
+    monitor._shard_stats[0] = {"transitions": 600}
+    roles = {"learner": RoleState(starts=1), "replay-0": RoleState(starts=1)}
+    monitor._show_restarts(RunSnapshot(Counters(), roles))  # first sight: no line
+    roles = {"learner": RoleState(starts=2), "replay-0": RoleState(starts=2)}
+    monitor._show_restarts(RunSnapshot(Counters(), roles))
+    monitor._show_restarts(RunSnapshot(Counters(), roles))  # the same incarnation: no line
+    assert out.getvalue().splitlines() == [
+        "learner restarted (The actor died); recreated from ckpt_000000001000.pt; restarts: 1",
+        "replay-0 restarted (its process died); it held 600 transitions before; restarts: 1",
+    ]

@@ -54,7 +54,9 @@ def test_window_shapes_and_zero_noise_clones_follow_their_nominal():
         for m in range(1, 4):
             assert np.array_equal(result.rewards[:, m], result.rewards[:, 0])
             assert np.array_equal(result.states[:, m], result.states[:, 0])
-        assert not np.array_equal(result.rewards[0], result.rewards[1])  # groups differ
+        # groups differ (their states: cheetah's rewards can all be 0 in the first steps,
+        # depending on the untrained policy, which depends on torch's global seed)
+        assert not np.array_equal(result.states[0], result.states[1])
     runner.close()
 
 
