@@ -95,6 +95,8 @@ class SDPGAgent(AgentBase):
     actor's input (a frame stack, or ``(state_dim,)``), ``state_dim`` the critic's.
     """
 
+    experience = "iterations"
+
     def __init__(
         self,
         obs_shape: tuple[int, ...],

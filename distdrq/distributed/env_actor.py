@@ -54,7 +54,8 @@ def lookup(run_name: str, num_shards: int) -> tuple[Any, list[Any], Any | None]:
     return coordinator, shards, limiter
 
 
-def _pin_threads() -> None:
+def pin_threads() -> None:
+    """One thread each for torch, OpenMP and Mesa in an env process."""
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     # Mesa's software rasteriser (llvmpipe) renders with extra threads unless told otherwise;
@@ -85,7 +86,7 @@ class EnvActor:
     """One env process: act, step, chunk, insert, report; restartable (state lives elsewhere)."""
 
     def __init__(self, index: int, cfg: Config, run_name: str, session: int) -> None:
-        _pin_threads()
+        pin_threads()
         coordinator, shards, limiter = lookup(run_name, cfg.distributed.shards)
         self.index = index
         self.cfg = cfg
@@ -222,7 +223,7 @@ class Evaluator:
     ) -> None:
         """``video_dir``: where evaluation GIFs go (a path every node can write, as for
         replay snapshots)."""
-        _pin_threads()
+        pin_threads()
         self.video_dir = video_dir
         self.evaluations = 0
         self._stop_now = threading.Event()
