@@ -225,7 +225,7 @@ class SDPGAgent(AgentBase):
             terminated=torch.as_tensor(cat("terminated"), device=dev),
             dones=torch.as_tensor(cat("dones"), device=dev),
             means=torch.as_tensor(cat("means"), device=dev),
-            log_std=torch.as_tensor(results[0].log_std, device=dev),
+            log_std=torch.tensor(results[0].log_std, device=dev),  # a copy: may be read-only
             noise=noise,
             actor_inputs=actor_inputs,
         )
