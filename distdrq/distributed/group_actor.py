@@ -46,11 +46,15 @@ class GroupActor:
         groups = group_share(cfg.sdpg.nominals, cfg.distributed.actors, index)
         self.runner = GroupRunner(cfg.env, cfg.sdpg, groups, seed)
         self._stop = threading.Event()
+        # one window at a time: a recreated learner may ask while its dead predecessor's
+        # window is still running here (Ray does not cancel a dead caller's call)
+        self._window_lock = threading.Lock()
 
     def run_window(self, weights: dict[str, torch.Tensor], version: int) -> WindowResult:
         """One window of this actor's groups acting with ``weights`` (version ``version``)."""
-        self.runner.set_weights(weights, version)
-        return self.runner.run_window()
+        with self._window_lock:
+            self.runner.set_weights(weights, version)
+            return self.runner.run_window()
 
     def run(self) -> None:
         """Wait until the run stops (:meth:`stop`, or the coordinator's stop flag)."""

@@ -123,3 +123,49 @@ def test_sdpg_launch_survives_a_killed_env_actor_and_resumes(tmp_path):
     assert c2["frames"] >= target and c2["updates"] == c2["frames"] // FRAMES_PER_ITERATION
     agent = _checkpoint(run_dir)["learner"]["agent"]
     assert agent["num_updates"] == c2["updates"]  # the iteration count continued
+
+
+@pytest.mark.slow
+def test_sdpg_launch_recreates_a_killed_learner_from_its_checkpoint(tmp_path):
+    run_dir = tmp_path / "sdpg-learner"
+    proc = subprocess.Popen(
+        _cmd("--algo", "sdpg", "--task", "cheetah_run", "--frames", "10000000")
+        + ["--run-dir", str(run_dir), *TINY],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)  # type: ignore[arg-type]
+    reader.start()
+    try:
+        _until(lambda: any("learner on" in x for x in lines), proc, lines)
+        address = next(x for x in lines if x.startswith("Ray cluster at ")).split()[3]
+        enable_token_auth_if_available()
+        ray.init(address=address, namespace="distdrq", log_to_driver=False)
+        name = f"distdrq-{run_dir.name}"
+        coord = ray.get_actor(f"{name}-coordinator")
+        _until(lambda: list((run_dir / "checkpoints").glob("ckpt_*.pt")), proc, lines)
+        learner = ray.get_actor(f"{name}-learner")
+        os.kill(ray.get(learner.pid.remote(), timeout=30), signal.SIGKILL)
+        killed_at = _counters(coord).counters.updates
+        snap = _until(
+            lambda: (s := _counters(coord)).role("learner").starts >= 2 and s, proc, lines
+        )
+        # the recreated learner continues the run's iteration count and weight versions
+        snap = _until(
+            lambda: (s := _counters(coord)).counters.updates >= killed_at + 3 and s, proc, lines
+        )
+        assert snap.counters.frames == snap.counters.updates * FRAMES_PER_ITERATION
+        _until(
+            lambda: any("learner restarted" in x and "from ckpt_" in x for x in lines), proc, lines
+        )
+    finally:
+        ray.shutdown()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=300)
+        reader.join(timeout=30)
+    assert proc.returncode == 0, "".join(lines)[-4000:]
+    saved = _checkpoint(run_dir)
+    assert saved["counters"]["updates"] == saved["learner"]["updates"] >= killed_at + 3
