@@ -48,7 +48,7 @@ def _counts(cfg: Config) -> tuple[int, int, int]:
     from distdrq.distributed.roles import roles_for  # late: roles imports the actor modules
 
     d, roles = cfg.distributed, roles_for(cfg)
-    return d.actors, d.shards if roles.replay else 0, int(d.evaluator and roles.evaluator)
+    return d.actors, d.shards if roles.replay else 0, int(d.evaluator)
 
 
 def required_cpus(cfg: Config) -> float:

@@ -66,8 +66,9 @@ def pin_threads() -> None:
 class _PolicyFollower:
     """Keeps a CPU policy at the coordinator's newest weight version."""
 
-    def __init__(self, cfg: Config, obs_shape: tuple[int, int, int], action_dim: int, coord: Any):
-        self.policy = Policy(obs_shape, action_dim, cfg.agent)
+    def __init__(self, policy: Any, coord: Any) -> None:
+        """``policy``: anything with ``version`` and ``load_policy_state_dict(state, version)``."""
+        self.policy = policy
         self._coord = coord
 
     def refresh(self, newest: int) -> None:
@@ -95,7 +96,8 @@ class EnvActor:
         self.starts = ray.get(coordinator.register.remote(self.role))
         seed = cfg.train.seed + index + 100_003 * (self.starts - 1 + 64 * session)
         self.env = make_env(cfg.env, seed)
-        self.follower = _PolicyFollower(cfg, self.env.obs_shape, self.env.action_dim, coordinator)
+        policy = Policy(self.env.obs_shape, self.env.action_dim, cfg.agent)
+        self.follower = _PolicyFollower(policy, coordinator)
         self.client = ReplayClient(shards, seed=seed, limiter=limiter)
         self.writer = EpisodeWriter(
             writer_id(session, self.starts, index),
@@ -231,8 +233,11 @@ class Evaluator:
         self.cfg = cfg
         self._coord = coordinator
         self.starts = ray.get(coordinator.register.remote("evaluator"))
-        self.env = make_env(cfg.env, cfg.train.seed + 10_000)
-        self.follower = _PolicyFollower(cfg, self.env.obs_shape, self.env.action_dim, coordinator)
+        # the run's data flow gives the env and policy (DrQ-v2's pixel env, SDPG's nominal)
+        from distdrq.distributed.roles import roles_for  # late: roles imports this module
+
+        self.env, policy = roles_for(cfg).evaluation(cfg, cfg.train.seed + 10_000)
+        self.follower = _PolicyFollower(policy, coordinator)
         # Ray restarts this actor with its first arguments: continue the run's evaluation grid
         counters = ray.get(coordinator.snapshot.remote()).counters
         if counters.last_eval_frame >= 0:
@@ -273,7 +278,7 @@ class Evaluator:
             step,
             frame,
             self.evaluations,
-            train.video_every_evals,
+            train.video_every_evals if getattr(self.env, "pixels", True) else 0,
             self.video_dir,
             self._stop_now.is_set if cancellable else None,
         )

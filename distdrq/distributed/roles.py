@@ -10,8 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from distdrq.agent.policy import Policy
 from distdrq.agent.registry import algorithm
+from distdrq.agent.sdpg_networks import SDPGPolicy
 from distdrq.config import Config, ConfigError
 from distdrq.distributed.env_actor import EnvActor
 from distdrq.distributed.group_actor import GroupActor
@@ -34,8 +37,6 @@ class Roles:
     """env actor class: ``(index, cfg, run_name, session)``"""
     replay: bool
     """replay shards (and a rate limiter, if configured) exist"""
-    evaluator: bool
-    """the evaluator actor can run this flow's policy"""
     train_columns: tuple[str, ...]
     """the learner's metrics written beside each episode return in train.csv"""
     shown: tuple[tuple[str, str], ...]
@@ -44,6 +45,9 @@ class Roles:
     """the observation shape and action dimension, from a probe env"""
     check: Callable[[Config], None]
     """launch-only rules (a one-line ConfigError)"""
+    evaluation: Callable[[Config, int], tuple[Any, Any]]
+    """the evaluator's (env, policy) for a seed; the policy acts with ``act(obs, step,
+    eval_mode)`` and loads ``load_policy_state_dict(state, version)``"""
 
 
 def _replay_shape(cfg: Config) -> Shape:
@@ -60,6 +64,18 @@ def _nominal_shape(cfg: Config) -> Shape:
         return probe.obs_shape, probe.action_dim
     finally:
         probe.close()
+
+
+def _replay_evaluation(cfg: Config, seed: int) -> tuple[Any, Any]:
+    env = make_env(cfg.env, seed)
+    return env, Policy(env.obs_shape, env.action_dim, cfg.agent)
+
+
+def _nominal_evaluation(cfg: Config, seed: int) -> tuple[Any, Any]:
+    s = cfg.sdpg
+    env = NominalEnv(cfg.env, seed, s.obs == "pixels")
+    bounds = (s.log_std_min, s.log_std_max)
+    return env, SDPGPolicy(env.obs_shape, env.action_dim, env.pixels, s.mean_bound, bounds)
 
 
 def _no_check(cfg: Config) -> None:
@@ -80,17 +96,16 @@ ROLES: dict[str, Roles] = {
         learner=Learner,
         env_actor=EnvActor,
         replay=True,
-        evaluator=True,
         train_columns=("critic_loss", "actor_loss", "policy_lag_mean"),
         shown=(),
         shape=_replay_shape,
         check=_no_check,
+        evaluation=_replay_evaluation,
     ),
     "iterations": Roles(
         learner=SDPGLearner,
         env_actor=GroupActor,
         replay=False,
-        evaluator=False,
         train_columns=(
             "critic_loss",
             "actor_loss",
@@ -103,6 +118,7 @@ ROLES: dict[str, Roles] = {
         shown=(("sigma", "policy std"), ("temperature", "temperature"), ("iteration_s", "s/it")),
         shape=_nominal_shape,
         check=_check_groups,
+        evaluation=_nominal_evaluation,
     ),
 }
 

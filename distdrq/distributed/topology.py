@@ -7,7 +7,7 @@
          +------------------------- newest weights, global frames, stop ------------+
     Evaluator: mean-action episodes every train.eval_every_frames
 
-SDPG (flow 2, :mod:`.roles`): no replay, no limiter, no evaluator yet::
+SDPG (flow 2, :mod:`.roles`): no replay, no limiter; the evaluator runs SDPG's policy::
 
     SDPGLearner --weights v_k (one ray.put)--> GroupActor x N (whole groups each)
          ^  <-------------- WindowResult per actor, straight back ----------+
@@ -172,10 +172,8 @@ def _start_env_actors(cfg: Config, name: str, session: int, roles: Roles) -> lis
     ]
 
 
-def _start_evaluator(
-    cfg: Config, name: str, run_dir: Path, start: RunStart, roles: Roles
-) -> Any | None:
-    if not (cfg.distributed.evaluator and roles.evaluator):
+def _start_evaluator(cfg: Config, name: str, run_dir: Path, start: RunStart) -> Any | None:
+    if not cfg.distributed.evaluator:
         return None
     last = start.counters.last_eval_frame if start.counters is not None else -1
     next_eval = 0 if last < 0 else last + cfg.train.eval_every_frames
@@ -202,7 +200,7 @@ def build_topology(
         shards=shards,
         learner=start_learner(cfg, name, gpus, shape, start.learner_state),
         env_actors=_start_env_actors(cfg, name, start.session, roles),
-        evaluator=_start_evaluator(cfg, name, run_dir, start, roles),
+        evaluator=_start_evaluator(cfg, name, run_dir, start),
         learner_gpus=gpus,
         obs_shape=shape[0],
         action_dim=shape[1],

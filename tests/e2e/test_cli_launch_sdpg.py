@@ -109,6 +109,10 @@ def test_sdpg_launch_survives_a_killed_env_actor_and_resumes(tmp_path):
     assert c1["updates"] >= after_kill + 3 and c1["frames"] == c1["updates"] * FRAMES_PER_ITERATION
     assert first["learner"]["agent"]["num_updates"] == c1["updates"] == first["learner"]["updates"]
     assert first["replay_snapshots"] == []
+    # the evaluator ran SDPG's mean-action policy on a state nominal (no video: nothing renders)
+    evals = (run_dir / "eval.csv").read_text().splitlines()
+    assert len(evals) >= 2 and evals[0].startswith("frame,eval_return"), evals
+    assert not list((run_dir / "videos").glob("*.gif"))
 
     target = c1["frames"] + 2 * FRAMES_PER_ITERATION
     second = subprocess.run(
