@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import ray
@@ -44,17 +45,21 @@ class GroupActor:
         # the first incarnation of the first session seeds as `distdrq train` does
         seed = cfg.train.seed + 100_003 * (self.starts - 1 + 64 * session)
         groups = group_share(cfg.sdpg.nominals, cfg.distributed.actors, index)
-        self.runner = GroupRunner(cfg.env, cfg.sdpg, groups, seed)
+        # the runner lives on one thread of its own: a pixel nominal's GL context is current
+        # on the thread that made it, while Ray answers calls on any of its threads; one
+        # thread also runs one window at a time (a recreated learner may ask while its dead
+        # predecessor's window still runs here: Ray does not cancel a dead caller's call)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="groups")
+        self.runner = self._thread.submit(GroupRunner, cfg.env, cfg.sdpg, groups, seed).result()
         self._stop = threading.Event()
-        # one window at a time: a recreated learner may ask while its dead predecessor's
-        # window is still running here (Ray does not cancel a dead caller's call)
-        self._window_lock = threading.Lock()
 
     def run_window(self, weights: dict[str, torch.Tensor], version: int) -> WindowResult:
         """One window of this actor's groups acting with ``weights`` (version ``version``)."""
-        with self._window_lock:
-            self.runner.set_weights(weights, version)
-            return self.runner.run_window()
+        return self._thread.submit(self._window, weights, version).result()
+
+    def _window(self, weights: dict[str, torch.Tensor], version: int) -> WindowResult:
+        self.runner.set_weights(weights, version)
+        return self.runner.run_window()
 
     def run(self) -> None:
         """Wait until the run stops (:meth:`stop`, or the coordinator's stop flag)."""

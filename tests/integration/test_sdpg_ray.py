@@ -121,3 +121,21 @@ def test_iterations_count_publish_and_rerun_a_killed_actor(local_ray):
         assert (state["updates"], state["version"], state["agent"]["num_updates"]) == (2, 2, 2)
     finally:
         _stop(coord, envs)
+
+
+def test_pixel_actor_iteration(local_ray):
+    """A pixel nominal renders on the actor's own runner thread, whichever Ray thread asks
+    (its GL context is current on the thread that made it), in the constructor and in windows."""
+    overrides = [*TINY[:2], "sdpg.nominals=2", "sdpg.clones=1", "sdpg.horizon=4"]
+    cfg = load_config("cheetah_run", overrides=[*overrides, "distributed.actors=1"])
+    coord = ray.remote(Coordinator).options(name="sdpg-pix-coordinator").remote("sdpg-pix")
+    actor = ray.remote(GroupActor).options(name="sdpg-pix-env-0", max_concurrency=3)
+    envs = [actor.remote(0, cfg, "sdpg-pix", 0)]
+    try:
+        learner = SDPGLearner(cfg, (9, 84, 84), 6, "sdpg-pix")
+        for _ in range(2):  # Ray may answer each call on another of its threads
+            learner.iteration(envs)
+        assert learner.take_report().metrics["render_s"] > 0
+        assert ray.get(coord.snapshot.remote()).counters.updates == 2
+    finally:
+        _stop(coord, envs)
