@@ -14,6 +14,7 @@ import contextlib
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ray
@@ -236,7 +237,11 @@ class Evaluator:
         # the run's data flow gives the env and policy (DrQ-v2's pixel env, SDPG's nominal)
         from distdrq.distributed.roles import roles_for  # late: roles imports this module
 
-        self.env, policy = roles_for(cfg).evaluation(cfg, cfg.train.seed + 10_000)
+        # the env lives on one thread of its own: a GL context is current on the thread that
+        # made it, while run() and the final evaluate() may come on different Ray threads
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluation")
+        make = roles_for(cfg).evaluation
+        self.env, policy = self._thread.submit(make, cfg, cfg.train.seed + 10_000).result()
         self.follower = _PolicyFollower(policy, coordinator)
         # Ray restarts this actor with its first arguments: continue the run's evaluation grid
         counters = ray.get(coordinator.snapshot.remote()).counters
@@ -271,7 +276,8 @@ class Evaluator:
         self.follower.refresh(snap.counters.weight_version)
         step = frame // self.cfg.env.action_repeat
         train = self.cfg.train
-        result = evaluate_and_record(
+        result = self._thread.submit(
+            evaluate_and_record,
             self.follower.policy,
             self.env,
             train.eval_episodes,
@@ -281,7 +287,7 @@ class Evaluator:
             train.video_every_evals if getattr(self.env, "pixels", True) else 0,
             self.video_dir,
             self._stop_now.is_set if cancellable else None,
-        )
+        ).result()
         self.evaluations += 1
         report = EvalReport(
             frame,
