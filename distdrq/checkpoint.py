@@ -56,7 +56,9 @@ _NUMPY_TAG = "__numpy__"
 def to_tensors(obj: Any) -> Any:
     """Recursively store numpy arrays as tagged tensors and numpy scalars as Python scalars."""
     if isinstance(obj, np.ndarray):
-        return {_NUMPY_TAG: torch.from_numpy(np.ascontiguousarray(obj))}
+        # a copy where the array is read-only (as arrays that came through Ray are)
+        array = np.ascontiguousarray(obj) if obj.flags.writeable else np.array(obj, order="C")
+        return {_NUMPY_TAG: torch.from_numpy(array)}
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, dict):

@@ -41,6 +41,7 @@ examples:
   distdrq launch --address 10.0.0.5:6379 --actors 32   # join a cluster (`ray start --head`)
   distdrq launch --resume runs/cheetah            # continue: counters, replay, weights
   distdrq launch distributed.samples_per_insert=32 # change the replay ratio
+  distdrq launch --algo sdpg --task cheetah_run --actors 4 sdpg.obs=state  # SDPG iterations
 
 config keys (set any as KEY=VALUE; defaults shown before algorithm and task presets):
 """
@@ -250,11 +251,6 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     from distdrq.progress import ProgressDisplay
 
     cfg, run_dir = _resolve_run(args)
-    if cfg.agent.algo == "sdpg":
-        raise ConfigError(
-            "distdrq launch does not run agent.algo=sdpg yet; train it in one process with "
-            "`distdrq train --algo sdpg`"
-        )
     live = False if args.plain else None
     progress = ProgressDisplay(cfg.env.task, cfg.train.frames, live=live)
     with removed_if_unstarted(run_dir, fresh=not args.resume):

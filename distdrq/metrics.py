@@ -81,6 +81,9 @@ class RunMetrics:
         self.restarts = counter("distdrq_actor_restarts", "actor restarts", ("role",))
         self.gpu_memory = gauge("distdrq_learner_gpu_memory_bytes", "peak learner GPU memory")
         self.version = gauge("distdrq_weight_version", "newest published weight version")
+        self.sigma = gauge("distdrq_sdpg_policy_std", "SDPG: mean policy std of the last iteration")
+        self.temperature = gauge("distdrq_sdpg_temperature", "SDPG: entropy temperature")
+        self.iteration = gauge("distdrq_sdpg_iteration_seconds", "SDPG: last iteration's seconds")
         for zero_until_it_happens in (self.nonfinite, self.checkpoints_damaged):
             zero_until_it_happens.labels(run)  # served as 0, so alerts can watch it
         self._seen: dict[tuple[str, ...], float] = {}
@@ -136,6 +139,9 @@ class RunMetrics:
             (self.lag, learner.get("policy_lag_mean")),
             (self.lag_max, learner.get("policy_lag_max")),
             (self.gpu_memory, learner.get("gpu_memory_bytes")),
+            (self.sigma, learner.get("sigma")),
+            (self.temperature, learner.get("temperature")),
+            (self.iteration, learner.get("iteration_s")),
         ):
             if value is not None and math.isfinite(value):
                 gauge.labels(run).set(value)

@@ -138,6 +138,10 @@ class AgentBase(ABC):
 
     device: torch.device
     num_updates: int
+    experience: ClassVar[str] = "replay"
+    """how experience reaches the learner (DESIGN.md's two data flows): ``replay`` (actors
+    and learner never wait for each other) or ``iterations`` (synchronous on-policy windows);
+    the launch picks its roles by it (:mod:`distdrq.distributed.roles`)"""
 
     @abstractmethod
     def act(self, obs: np.ndarray, step: int, eval_mode: bool) -> np.ndarray:

@@ -95,6 +95,8 @@ class SDPGAgent(AgentBase):
     actor's input (a frame stack, or ``(state_dim,)``), ``state_dim`` the critic's.
     """
 
+    experience = "iterations"
+
     def __init__(
         self,
         obs_shape: tuple[int, ...],
@@ -223,7 +225,7 @@ class SDPGAgent(AgentBase):
             terminated=torch.as_tensor(cat("terminated"), device=dev),
             dones=torch.as_tensor(cat("dones"), device=dev),
             means=torch.as_tensor(cat("means"), device=dev),
-            log_std=torch.as_tensor(results[0].log_std, device=dev),
+            log_std=torch.tensor(results[0].log_std, device=dev),  # a copy: may be read-only
             noise=noise,
             actor_inputs=actor_inputs,
         )

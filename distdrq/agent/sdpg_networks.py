@@ -128,6 +128,16 @@ class SDPGPolicy:
         self.obs_scale = state["obs_scale"].float()
         self.version = int(version)
 
+    def load_policy_state_dict(self, state: dict[str, torch.Tensor], version: int) -> None:
+        """:meth:`load` under the name evaluators call."""
+        self.load(state, version)
+
+    def act(self, obs: np.ndarray, step: int, eval_mode: bool) -> np.ndarray:
+        """tanh of the bounded mean for one observation (SDPG's nominals and its evaluation
+        act with the mean); float32 [A] in [-1, 1]."""
+        means, _ = self.means(np.asarray(obs)[None])
+        return np.tanh(means[0]).astype(np.float32)
+
     @torch.no_grad()
     def means(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Bounded pre-tanh means [B, A] and log std [A] (float32) for a batch of observations

@@ -43,16 +43,24 @@ def check_reachable(address: str, timeout: float = 3.0) -> None:
         ) from exc
 
 
+def _counts(cfg: Config) -> tuple[int, int, int]:
+    """(env actors, replay shards, evaluators) of the run's data flow (:mod:`.roles`)."""
+    from distdrq.distributed.roles import roles_for  # late: roles imports the actor modules
+
+    d, roles = cfg.distributed, roles_for(cfg)
+    return d.actors, d.shards if roles.replay else 0, int(d.evaluator)
+
+
 def required_cpus(cfg: Config) -> float:
     """CPUs the topology asks for: one per env actor, shard and evaluator; one for the learner."""
-    d = cfg.distributed
-    return d.actors + d.shards + 1 + (1 if d.evaluator else 0)
+    actors, shards, evaluators = _counts(cfg)
+    return actors + shards + 1 + evaluators
 
 
 def _roles(cfg: Config) -> str:
-    d = cfg.distributed
-    evaluator = " + evaluator" if d.evaluator else ""
-    return f"{d.actors} actors + {d.shards} shards + learner{evaluator}"
+    actors, shards, evaluators = _counts(cfg)
+    evaluator = " + evaluator" if evaluators else ""
+    return f"{actors} actors + {shards} shards + learner{evaluator}"
 
 
 def _runtime_env(cfg: Config) -> dict[str, Any]:

@@ -16,7 +16,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from distdrq.distributed.messages import EnvReply, EvalReport, LearnerReply, RoleState, RunSnapshot
+from distdrq.distributed.messages import (
+    EnvReply,
+    EvalReport,
+    IterationReport,
+    LearnerReply,
+    RoleState,
+    RunSnapshot,
+)
 from distdrq.run.counters import Counters
 
 
@@ -85,13 +92,9 @@ class Coordinator:
         entry.last_report = time.monotonic()
         entry.policy_version = int(policy_version)
         self.counters.frames += int(frames)
-        self.counters.episodes += len(returns)
-        for value in returns:
-            self.counters.last_train_return = float(value)
-            self._returns.append((self.counters.frames, float(value)))
-        budget_spent = self.total_frames is not None and self.counters.frames >= self.total_frames
+        self._add_returns(returns)
         return EnvReply(
-            self.counters.frames, self.counters.weight_version, self._stop or budget_spent
+            self.counters.frames, self.counters.weight_version, self._stop or self._budget_spent()
         )
 
     def report_learner(self, updates: int) -> LearnerReply:
@@ -99,6 +102,25 @@ class Coordinator:
         frame count and the stop flag."""
         self.counters.updates = max(self.counters.updates, int(updates))
         return LearnerReply(self.counters.frames, self._stop)
+
+    def report_iteration(self, report: IterationReport) -> LearnerReply:
+        """An SDPG iteration's counts (the learner drives the env actors, so it reports their
+        frames); replies with the global frame count and whether to stop (the stop flag or the
+        frame budget)."""
+        self.counters.updates = max(self.counters.updates, int(report.updates))
+        self.counters.frames += int(report.frames)
+        self.counters.steps += int(report.steps)
+        self._add_returns(report.returns)
+        return LearnerReply(self.counters.frames, self._stop or self._budget_spent())
+
+    def _add_returns(self, returns: list[float]) -> None:
+        self.counters.episodes += len(returns)
+        for value in returns:
+            self.counters.last_train_return = float(value)
+            self._returns.append((self.counters.frames, float(value)))
+
+    def _budget_spent(self) -> bool:
+        return self.total_frames is not None and self.counters.frames >= self.total_frames
 
     def report_eval(self, report: EvalReport) -> None:
         """An evaluation's result (a repeat by a restarted evaluator is ignored)."""

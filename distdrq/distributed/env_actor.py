@@ -14,6 +14,7 @@ import contextlib
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ray
@@ -54,7 +55,8 @@ def lookup(run_name: str, num_shards: int) -> tuple[Any, list[Any], Any | None]:
     return coordinator, shards, limiter
 
 
-def _pin_threads() -> None:
+def pin_threads() -> None:
+    """One thread each for torch, OpenMP and Mesa in an env process."""
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     # Mesa's software rasteriser (llvmpipe) renders with extra threads unless told otherwise;
@@ -65,8 +67,9 @@ def _pin_threads() -> None:
 class _PolicyFollower:
     """Keeps a CPU policy at the coordinator's newest weight version."""
 
-    def __init__(self, cfg: Config, obs_shape: tuple[int, int, int], action_dim: int, coord: Any):
-        self.policy = Policy(obs_shape, action_dim, cfg.agent)
+    def __init__(self, policy: Any, coord: Any) -> None:
+        """``policy``: anything with ``version`` and ``load_policy_state_dict(state, version)``."""
+        self.policy = policy
         self._coord = coord
 
     def refresh(self, newest: int) -> None:
@@ -85,7 +88,7 @@ class EnvActor:
     """One env process: act, step, chunk, insert, report; restartable (state lives elsewhere)."""
 
     def __init__(self, index: int, cfg: Config, run_name: str, session: int) -> None:
-        _pin_threads()
+        pin_threads()
         coordinator, shards, limiter = lookup(run_name, cfg.distributed.shards)
         self.index = index
         self.cfg = cfg
@@ -94,7 +97,8 @@ class EnvActor:
         self.starts = ray.get(coordinator.register.remote(self.role))
         seed = cfg.train.seed + index + 100_003 * (self.starts - 1 + 64 * session)
         self.env = make_env(cfg.env, seed)
-        self.follower = _PolicyFollower(cfg, self.env.obs_shape, self.env.action_dim, coordinator)
+        policy = Policy(self.env.obs_shape, self.env.action_dim, cfg.agent)
+        self.follower = _PolicyFollower(policy, coordinator)
         self.client = ReplayClient(shards, seed=seed, limiter=limiter)
         self.writer = EpisodeWriter(
             writer_id(session, self.starts, index),
@@ -222,7 +226,7 @@ class Evaluator:
     ) -> None:
         """``video_dir``: where evaluation GIFs go (a path every node can write, as for
         replay snapshots)."""
-        _pin_threads()
+        pin_threads()
         self.video_dir = video_dir
         self.evaluations = 0
         self._stop_now = threading.Event()
@@ -230,8 +234,15 @@ class Evaluator:
         self.cfg = cfg
         self._coord = coordinator
         self.starts = ray.get(coordinator.register.remote("evaluator"))
-        self.env = make_env(cfg.env, cfg.train.seed + 10_000)
-        self.follower = _PolicyFollower(cfg, self.env.obs_shape, self.env.action_dim, coordinator)
+        # the run's data flow gives the env and policy (DrQ-v2's pixel env, SDPG's nominal)
+        from distdrq.distributed.roles import roles_for  # late: roles imports this module
+
+        # the env lives on one thread of its own: a GL context is current on the thread that
+        # made it, while run() and the final evaluate() may come on different Ray threads
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluation")
+        make = roles_for(cfg).evaluation
+        self.env, policy = self._thread.submit(make, cfg, cfg.train.seed + 10_000).result()
+        self.follower = _PolicyFollower(policy, coordinator)
         # Ray restarts this actor with its first arguments: continue the run's evaluation grid
         counters = ray.get(coordinator.snapshot.remote()).counters
         if counters.last_eval_frame >= 0:
@@ -265,17 +276,18 @@ class Evaluator:
         self.follower.refresh(snap.counters.weight_version)
         step = frame // self.cfg.env.action_repeat
         train = self.cfg.train
-        result = evaluate_and_record(
+        result = self._thread.submit(
+            evaluate_and_record,
             self.follower.policy,
             self.env,
             train.eval_episodes,
             step,
             frame,
             self.evaluations,
-            train.video_every_evals,
+            train.video_every_evals if getattr(self.env, "pixels", True) else 0,
             self.video_dir,
             self._stop_now.is_set if cancellable else None,
-        )
+        ).result()
         self.evaluations += 1
         report = EvalReport(
             frame,

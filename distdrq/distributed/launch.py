@@ -31,6 +31,7 @@ from distdrq.config import Config
 from distdrq.distributed.checkpointing import Checkpointing
 from distdrq.distributed.cluster import NAMESPACE, LaunchError, connect, dashboard_url
 from distdrq.distributed.monitor import Monitor, condensed_ray_notices
+from distdrq.distributed.roles import roles_for
 from distdrq.distributed.supervisor import Supervisor
 from distdrq.distributed.topology import RunStart, Topology, build_topology
 from distdrq.metrics import RunMetrics
@@ -56,6 +57,7 @@ def launch(
     ``reason`` (done, interrupted) and ``restarts`` per role. ``metrics_port`` 0 disables the
     Prometheus endpoint."""
     name = f"distdrq-{run_dir.resolve().name}"
+    roles_for(cfg).check(cfg)  # before Ray starts: a bad split is a quick one-line error
     damaged: list[SkippedFile] = []
     start = _resume_point(run_dir, progress, damaged) if resume else RunStart()
     own_cluster = not (address or os.environ.get("RAY_ADDRESS"))
@@ -160,7 +162,8 @@ def _build(
         progress.message("notice: no GPU in the cluster; the learner runs on CPU (slow)")
     d = cfg.distributed
     progress.message(
-        f"{d.actors} env actors, {d.shards} replay shards, learner on {device}; run dir {run_dir}"
+        f"{d.actors} env actors, {len(topo.shards)} replay shards, learner on {device}; "
+        f"run dir {run_dir}"
     )
     return topo
 
@@ -179,6 +182,8 @@ class _Session:
 
     def run(self) -> dict[str, Any]:
         counters = self.start.counters or Counters()
+        roles = roles_for(self.cfg)
+        self.progress.extra = list(roles.shown)
         supervisor = Supervisor(
             self.cfg, self.run_dir, self.name, self.topo, self.progress.message, self.metrics
         )
@@ -189,6 +194,7 @@ class _Session:
             lambda: supervisor.topo,
             supervisor.explain,
             counters.last_eval_frame,
+            roles.train_columns,
         )
         every = self.cfg.train.checkpoint_every_frames
         runner = Checkpointing(

@@ -168,17 +168,7 @@ class Learner:
         self.publisher.publish(self.version, self.updates, wait=True)
 
     def _continue_after(self, counters: Counters) -> None:
-        """Never reuse a weight version or go back in updates.
-
-        A recreated learner starts from the last checkpoint (or from scratch), older than what
-        its dead predecessor published: its first version is one past the coordinator's newest,
-        so env actors switch to its weights at once and policy lag stays measured against
-        versions that only grow. Its update count continues the run's.
-        """
-        published = counters.weight_version
-        if self.starts > 1 or published > self.version:
-            self.version = max(self.version, published + 1)
-        self.updates = max(self.updates, counters.updates)
+        self.version, self.updates = continued(self.starts, self.version, self.updates, counters)
 
     def device(self) -> str:
         """The torch device updates run on."""
@@ -290,6 +280,20 @@ class Learner:
     def pid(self) -> int:
         """The learner's process id (tests kill it the way the world does)."""
         return os.getpid()
+
+
+def continued(starts: int, version: int, updates: int, counters: Counters) -> tuple[int, int]:
+    """(weight version, updates) a learner continues from: never reuse a version or go back.
+
+    A recreated learner starts from the last checkpoint (or from scratch), older than what
+    its dead predecessor published: its first version is one past the coordinator's newest,
+    so actors switch to its weights at once and policy lag stays measured against versions
+    that only grow. Its update count continues the run's.
+    """
+    published = counters.weight_version
+    if starts > 1 or published > version:
+        version = max(version, published + 1)
+    return version, max(updates, counters.updates)
 
 
 def _finite(batch: Batch) -> bool:

@@ -30,6 +30,20 @@ class LearnerReply:
     """the run is stopping"""
 
 
+@dataclass(frozen=True)
+class IterationReport:
+    """What an SDPG learner tells the coordinator after each iteration (flow 2)."""
+
+    updates: int
+    """iterations made so far (continuing over restarts and sessions)"""
+    frames: int
+    """env frames of the iteration's nominals (agent steps x action repeat)"""
+    steps: int
+    """agent steps of the iteration's nominals"""
+    returns: list[float] = field(default_factory=list)
+    """returns of the nominal episodes that ended in the iteration"""
+
+
 @dataclass
 class LearnerReport:
     """What the driver takes from the learner about once a second (display, Prometheus)."""

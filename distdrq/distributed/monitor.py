@@ -74,8 +74,12 @@ class Monitor:
         topology: Callable[[], Any],
         explain: Callable[[str], tuple[str, str]],
         last_eval_frame: int = -1,
+        columns: tuple[str, ...] = ("critic_loss", "actor_loss", "policy_lag_mean"),
     ) -> None:
-        """``last_eval_frame``: the newest evaluation already in ``eval.csv`` (on resume)."""
+        """``last_eval_frame``: the newest evaluation already in ``eval.csv`` (on resume);
+        ``columns``: the learner metrics written beside each episode return in train.csv (the
+        flow's, :mod:`.roles`); ``progress.extra`` names the metrics shown on the panel."""
+        self.columns = columns
         self.progress = progress
         self.metrics = metrics
         self._topology = topology
@@ -131,11 +135,11 @@ class Monitor:
             eval_return=_finite(c.last_eval_return),
             restarts=snap.restarts,
             policy_lag=learner.get("policy_lag_mean"),
+            **{key: learner.get(key) for key, _ in self.progress.extra},
         )
         for frame, value in ray.get(self._topology().coordinator.take_returns.remote()):
             row = {"frame": frame, "episode_return": value, "updates": c.updates}
-            losses = ("critic_loss", "actor_loss", "policy_lag_mean")
-            self.train_log.write(row | {k: learner.get(k) for k in losses})
+            self.train_log.write(row | {k: learner.get(k) for k in self.columns})
         if self.metrics is not None:
             shards = [self._shard_stats[i] for i in sorted(self._shard_stats)]
             rates = self.progress.fields

@@ -7,6 +7,12 @@
          +------------------------- newest weights, global frames, stop ------------+
     Evaluator: mean-action episodes every train.eval_every_frames
 
+SDPG (flow 2, :mod:`.roles`): no replay, no limiter; the evaluator runs SDPG's policy::
+
+    SDPGLearner --weights v_k (one ray.put)--> GroupActor x N (whole groups each)
+         ^  <-------------- WindowResult per actor, straight back ----------+
+         +--> weights v_k+1, iteration counts --> Coordinator
+
 Actors find their peers by name (``<run>-coordinator``, ``<run>-replay-<i>``, ...), so the
 order here only has to create each peer before the actors that look it up.
 """
@@ -24,10 +30,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from distdrq.config import Config
 from distdrq.distributed.cluster import LaunchError
 from distdrq.distributed.coordinator import Coordinator
-from distdrq.distributed.env_actor import EnvActor, Evaluator
-from distdrq.distributed.learner import Learner
+from distdrq.distributed.env_actor import Evaluator
 from distdrq.distributed.replay_actor import start_rate_limiter, start_replay_shards
-from distdrq.envs import make_env
+from distdrq.distributed.roles import Roles, roles_for
 from distdrq.run.counters import Counters
 
 
@@ -41,7 +46,7 @@ class Topology:
     env_actors: list[Any]
     evaluator: Any | None
     learner_gpus: float
-    obs_shape: tuple[int, int, int]
+    obs_shape: tuple[int, ...]
     action_dim: int
     limiter: Any | None = None
 
@@ -74,15 +79,16 @@ def learner_gpus(cfg: Config, resources: dict[str, float]) -> float:
 
 
 def start_learner(
-    cfg: Config, name: str, gpus: float, shape: tuple[tuple[int, int, int], int], state: Any
+    cfg: Config, name: str, gpus: float, shape: tuple[tuple[int, ...], int], state: Any
 ) -> Any:
-    """Create (or recreate) the learner actor, optionally from a checkpointed state.
+    """Create (or recreate) the learner actor of the run's data flow (:mod:`.roles`),
+    optionally from a checkpointed state.
 
     ``shape``: (observation shape, action dimension). Ray never restarts it: its state must
     come from a checkpoint (the supervisor recreates it)."""
     obs_shape, action_dim = shape
     return (
-        ray.remote(Learner)
+        ray.remote(roles_for(cfg).learner)
         .options(
             name=f"{name}-learner",
             num_cpus=1,
@@ -150,15 +156,16 @@ def _start_shards(cfg: Config, name: str, run_dir: Path, limited: bool) -> list[
     )
 
 
-def _start_env_actors(cfg: Config, name: str, session: int) -> list[Any]:
+def _start_env_actors(cfg: Config, name: str, session: int, roles: Roles) -> list[Any]:
     options = {
         "num_cpus": 1,
         "max_restarts": -1,  # Ray restarts them; the supervisor restarts their loop
         "max_task_retries": 0,
-        "max_concurrency": 2,  # run() holds one thread; ping/node_id answer on the other
+        # run() holds one thread, an SDPG window another; ping/stop/node_id answer beside them
+        "max_concurrency": 3,
         "scheduling_strategy": "SPREAD",
     }
-    env_cls = ray.remote(EnvActor)
+    env_cls = ray.remote(roles.env_actor)
     return [
         env_cls.options(name=f"{name}-env-{i}", **options).remote(i, cfg, name, session)
         for i in range(cfg.distributed.actors)
@@ -180,19 +187,19 @@ def _start_evaluator(cfg: Config, name: str, run_dir: Path, start: RunStart) -> 
 def build_topology(
     cfg: Config, name: str, run_dir: Path, resources: dict[str, float], start: RunStart
 ) -> Topology:
-    """Coordinator, rate limiter, replay shards, learner, env actors and evaluator."""
-    probe = make_env(cfg.env, cfg.train.seed)
-    shape = (probe.obs_shape, probe.action_dim)
-    probe.close()
+    """Coordinator, rate limiter and replay shards (flow 1 only), learner, env actors and
+    evaluator (when it can run the flow's policy): the roles of :func:`.roles.roles_for`."""
+    roles = roles_for(cfg)
+    shape = roles.shape(cfg)
     gpus = learner_gpus(cfg, resources)
     coordinator = _start_coordinator(cfg, name, start)
-    limiter = _start_limiter(cfg, name, start)
-    shards = _start_shards(cfg, name, run_dir, limited=limiter is not None)
+    limiter = _start_limiter(cfg, name, start) if roles.replay else None
+    shards = _start_shards(cfg, name, run_dir, limiter is not None) if roles.replay else []
     return Topology(
         coordinator=coordinator,
         shards=shards,
         learner=start_learner(cfg, name, gpus, shape, start.learner_state),
-        env_actors=_start_env_actors(cfg, name, start.session),
+        env_actors=_start_env_actors(cfg, name, start.session, roles),
         evaluator=_start_evaluator(cfg, name, run_dir, start),
         learner_gpus=gpus,
         obs_shape=shape[0],

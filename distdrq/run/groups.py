@@ -13,9 +13,9 @@ One window of H agent steps (shared/reference/SDPG.md section 2.11, steps 1-2):
    state (marked done).
 
 Nominal episodes continue across windows; clones restart from their nominal at every window.
-No Ray and no learning here: ``distdrq train`` calls a runner in process, and the distributed
-version will call runners remotely and hand the results to the same learner step
-(:meth:`distdrq.agent.sdpg.SDPGAgent.learn`).
+No Ray and no learning here: ``distdrq train`` calls a runner in process, and ``distdrq
+launch``'s group actors (:mod:`distdrq.distributed.group_actor`) call runners remotely and
+hand the results to the same learner step (:meth:`distdrq.agent.sdpg.SDPGAgent.learn`).
 """
 
 from __future__ import annotations

@@ -115,10 +115,12 @@ def test_ctrl_c_checkpoints_between_iterations(tmp_path):
     assert saved["state"]["agent"]["num_updates"] == summary["updates"]
 
 
-def test_launch_and_unclonable_tasks_are_one_line_errors():
-    launch = distdrq("launch", "--algo", "sdpg", "--task", "cheetah_run")
-    assert launch.returncode == 2 and launch.stderr.count("\n") == 1
-    assert "distdrq train --algo sdpg" in launch.stderr
+def test_launch_split_and_unclonable_tasks_are_one_line_errors(tmp_path):
+    args = ["--task", "cheetah_run", "--actors", "3", "sdpg.nominals=2", "--plain"]
+    launch = distdrq("launch", "--algo", "sdpg", "--run-dir", str(tmp_path / "r"), *args)
+    assert launch.returncode == 2 and launch.stderr.count("\n") == 1, launch.stderr
+    assert "--actors 3 is more than sdpg.nominals=2" in launch.stderr
+    assert not (tmp_path / "r").exists()
     duplo = distdrq("train", "--algo", "sdpg", "--task", "reach_duplo")
     assert duplo.returncode == 2 and "cannot clone" in duplo.stderr
     assert duplo.stderr.count("\n") == 1

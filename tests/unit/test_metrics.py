@@ -20,6 +20,9 @@ LEARNER = {
     "policy_lag_max": 4.0,
     "gpu_memory_bytes": 1e9,
     "nonfinite_batches": 0.0,
+    "sigma": 0.4,  # SDPG's learner reports these three
+    "temperature": 0.01,
+    "iteration_s": 0.6,
 }
 
 
@@ -85,3 +88,14 @@ def test_per_process_counts_add_up_over_shard_restarts():
     served, _ = _served(m)
     assert served["distdrq_replay_rejected_chunks_total"].value == 5 + 1
     assert served["distdrq_replay_snapshots_damaged_total"].value == 2
+
+
+def test_sdpg_quantities_are_served_only_when_reported():
+    m = RunMetrics("distdrq-sdpg")
+    m.update(_snapshot(1000), {"critic_loss": 0.5}, {}, [], None, [])
+    served, _ = _served(m)
+    assert "distdrq_sdpg_policy_std" not in served  # a DrQ-v2 learner has no sigma
+    m.update(_snapshot(2000), LEARNER, {}, [], None, [])
+    served, _ = _served(m)
+    assert served["distdrq_sdpg_policy_std"].value == 0.4
+    assert served["distdrq_sdpg_iteration_seconds"].value == 0.6
