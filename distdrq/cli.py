@@ -132,6 +132,11 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="CSV",
         help="reference curves (DrQ-v2's released layout: frame, episode_reward, hour, ...)",
     )
+    plot.add_argument(
+        "--full-reference",
+        action="store_true",
+        help="draw the reference over all its frames (default: up to the runs' last frame)",
+    )
 
     from distdrq.bench import add_bench_parser
 
@@ -291,7 +296,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     def warn(text: str) -> None:
         print(f"warning: {text}", file=sys.stderr)
 
-    print(f"wrote {plot_runs(run_dirs, out, reference, warn)}")
+    print(f"wrote {plot_runs(run_dirs, out, reference, warn, args.full_reference)}")
     return 0
 
 

@@ -78,14 +78,23 @@ def read_reference(
     return out
 
 
+def reference_until(points: list[tuple[float, float, float]], frame: float) -> list:
+    """The reference points up to ``frame``, and the next one (so its line reaches the edge)."""
+    shown = sum(1 for p in points if p[0] <= frame)
+    return points[: shown + 1]
+
+
 def plot_runs(
     run_dirs: list[Path],
     out: Path,
     reference: Path | None = None,
     warn: Callable[[str], None] | None = None,
+    full_reference: bool = False,
 ) -> Path:
     """Write one PNG with two panels: eval return vs frames and vs wall-clock hours; ``warn``
-    hears of a reference that holds none of the runs' task."""
+    hears of a reference that holds none of the runs' task. The reference is drawn up to the
+    runs' last frame (and its next point), so that a 40k-frame run is not a sliver beside a
+    1M-frame curve, unless ``full_reference``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,16 +102,20 @@ def plot_runs(
 
     fig, (by_frames, by_time) = plt.subplots(1, 2, figsize=(12, 4.5))
     tasks = set()
+    last_frame = 0.0
     for run_dir in run_dirs:
         frames, returns, hours = read_eval(run_dir)
         if not frames:
             raise ConfigError(f"{run_dir}/eval.csv has no evaluation yet; plot after one")
         tasks.add(run_task(run_dir))
+        last_frame = max(last_frame, frames[-1])
         by_frames.plot(frames, returns, marker="o", ms=3, label=run_dir.name)
         by_time.plot(hours, returns, marker="o", ms=3, label=run_dir.name)
     if reference is not None:
         task = next(iter(tasks)) if len(tasks) == 1 else None
         for agent, points in read_reference(reference, task, warn).items():
+            if not full_reference:
+                points = reference_until(points, last_frame)
             xs, ys, hs = zip(*points, strict=True)
             by_frames.plot(xs, ys, "--", color="grey", label=f"{agent} (reference)")
             if all(math.isfinite(h) for h in hs):

@@ -153,6 +153,8 @@ class Trainer:
             f"eval at frame {c.frames:,}: return {metrics['eval_return']:.1f} "
             f"± {metrics['eval_return_std']:.1f} over {metrics['eval_episodes']} episodes"
         )
+        # the panel (and the final line) shows this evaluation, also the last one of the run
+        progress.update(c.frames, c.updates, eval_return=finite(c.last_eval_return))
 
     def train(self, progress: ProgressDisplay | None = None) -> Counters:
         """Train until ``train.frames``; checkpoint and return the counters on exit or Ctrl-C."""

@@ -8,6 +8,8 @@ import sys
 import pytest
 import torch
 
+from distdrq.progress import _fmt
+
 SMALL = [
     "--plain",
     "env.image_size=64",
@@ -51,6 +53,9 @@ def test_train_checkpoint_resume(tmp_path):
     lines = first.stdout.splitlines()
     announced = lines.index(next(x for x in lines if x.startswith("evaluating at frame 0:")))
     assert any(x.startswith("eval at frame 0") for x in lines[announced + 1 :])
+    # the final line shows the final evaluation, not the one before it
+    final = float((run_dir / "eval.csv").read_text().splitlines()[-1].split(",")[4])
+    assert f"eval return {_fmt(final)}" in [x for x in lines if x.startswith("[")][-1]
     s1 = _summary(run_dir)
     assert s1["frames"] == 400 and s1["steps"] == 200
     assert s1["updates"] == (200 - 100) // 2  # seed frames 200 = 100 steps, update every 2
