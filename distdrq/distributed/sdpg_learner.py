@@ -115,9 +115,12 @@ class SDPGLearner:
             metrics = self.agent.learn(results)
             self.updates += 1
             self.version += 1
+            # the counts first: publishing also raises the coordinator's update count, and a
+            # learner killed between the two must not leave an iteration counted without its
+            # frames (a recreated learner continues from the coordinator's counts)
+            reply = ray.get(self._coord.report_iteration.remote(self._counts(results)))
             self._weights = self._publish()
         learned = time.perf_counter()
-        reply = ray.get(self._coord.report_iteration.remote(self._counts(results)))
         seconds = {"window_s": gathered - start, "learner_s": learned - gathered}
         seconds["iteration_s"] = time.perf_counter() - start
         with self._report_lock:
