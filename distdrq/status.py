@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 from typing import Any
 
 from distdrq.distributed import enable_token_auth_if_available
-from distdrq.distributed.cluster import NAMESPACE  # Ray and config only: no torch
+from distdrq.distributed.cluster import NAMESPACE, unreachable  # Ray, config: no torch
 
 PING_TIMEOUT_S = 2.0
 """How long the env actors of a run get to answer a ping (all at once)."""
@@ -23,18 +22,13 @@ class StatusError(RuntimeError):
     """``distdrq status`` cannot reach the cluster."""
 
 
-def _check_reachable(address: str, timeout: float = 3.0) -> None:
-    if ":" not in address:  # "auto", "local": nothing to probe
-        return
-    host, _, port = address.split("://", 1)[-1].rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            return
-    except (OSError, ValueError) as exc:
+def _check_reachable(address: str) -> None:
+    reason = unreachable(address)
+    if reason is not None:
         raise StatusError(
-            f"no Ray cluster found at {address} ({exc}); pass --address of a running "
+            f"no Ray cluster found at {address} ({reason}); pass --address of a running "
             "`distdrq launch` or `ray start --head`"
-        ) from exc
+        )
 
 
 def _actor_states() -> dict[str, str] | None:

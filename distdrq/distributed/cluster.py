@@ -27,20 +27,27 @@ class LaunchError(RuntimeError):
     """The run cannot start or continue (cluster unreachable, resources impossible, ...)."""
 
 
-def check_reachable(address: str, timeout: float = 3.0) -> None:
-    """Raise :class:`LaunchError` in one line if nothing listens at ``host:port``."""
-    if ":" not in address:  # "auto", "local": nothing to probe
-        return
-    hostport = address.split("://", 1)[-1]
-    host, _, port = hostport.rpartition(":")
+def unreachable(address: str, timeout: float = 3.0) -> str | None:
+    """Why nothing answers at ``address``'s ``host:port`` (None if something listens, or if
+    the address names no port: "auto", "local")."""
+    if ":" not in address:
+        return None
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
     try:
         with socket.create_connection((host, int(port)), timeout=timeout):
-            return
+            return None
     except (OSError, ValueError) as exc:
+        return str(exc)
+
+
+def check_reachable(address: str, timeout: float = 3.0) -> None:
+    """Raise :class:`LaunchError` in one line if nothing listens at ``host:port``."""
+    reason = unreachable(address, timeout)
+    if reason is not None:
         raise LaunchError(
-            f"cannot reach the Ray cluster at {address} ({exc}); start one with "
+            f"cannot reach the Ray cluster at {address} ({reason}); start one with "
             "`ray start --head` and pass its address, or drop --address for a local run"
-        ) from exc
+        )
 
 
 def _counts(cfg: Config) -> tuple[int, int, int]:
