@@ -10,7 +10,6 @@ restores its snapshot first: minutes for a large one) never holds the display.
 from __future__ import annotations
 
 import contextlib
-import math
 import re
 import sys
 from collections.abc import Callable, Hashable, Iterator
@@ -22,6 +21,7 @@ import ray
 from distdrq.distributed.messages import LearnerReport, RunSnapshot
 from distdrq.metrics import RunMetrics
 from distdrq.progress import CsvLog, ProgressDisplay
+from distdrq.run.session import finite
 
 _PENDING = object()
 
@@ -131,8 +131,8 @@ class Monitor:
             c.frames,
             c.updates,
             episode=c.episodes,
-            train_return=_finite(c.last_train_return),
-            eval_return=_finite(c.last_eval_return),
+            train_return=finite(c.last_train_return),
+            eval_return=finite(c.last_eval_return),
             restarts=snap.restarts,
             policy_lag=learner.get("policy_lag_mean"),
             **{key: learner.get(key) for key, _ in self.progress.extra},
@@ -176,10 +176,6 @@ class Monitor:
                     f"; it held {int(before):,} transitions before" if before is not None else ""
                 )
             self.progress.message(f"{role} restarted ({reason}){extra}; restarts: {info.restarts}")
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
