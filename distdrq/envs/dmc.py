@@ -10,6 +10,7 @@ dm_control is imported lazily so that ``MUJOCO_GL`` can be set from the config f
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
@@ -23,6 +24,18 @@ from distdrq.types import TimeStep
 
 _LUMA = np.array([299, 587, 114], dtype=np.uint32)  # ITU-R 601, in thousandths
 _FLOOR_NAMES = ("floor", "ground")
+
+
+class _KnownModelWarnings(logging.Filter):
+    """Drops MuJoCo's compiler notice that dm_control's own model files (cheetah, ...) use the
+    deprecated ``settotalmass`` attribute: it is about dm_control's XML, not the user's run,
+    and it was printed once per env (dozens of lines for SDPG's clones)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "'settotalmass' is deprecated" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_KnownModelWarnings())
 
 
 class GLBackendError(RuntimeError):

@@ -205,3 +205,19 @@ def test_gl_failure_raises_gl_backend_error():
     )
     assert "GLBackendError: cannot render with MUJOCO_GL=egl" in out.stdout, out.stderr[-2000:]
     assert "apt-get install" in out.stdout
+
+
+def test_dm_control_model_deprecation_notice_is_not_printed(caplog):
+    """dm_control's cheetah.xml uses MuJoCo's deprecated settotalmass: MuJoCo's notice about
+    it (once per env, dozens of lines for SDPG's clones) is dropped; other absl warnings are
+    not."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        env = _env("cheetah_run")
+        env.reset()
+        logging.getLogger("absl").warning("an unrelated absl warning")
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("settotalmass" in m for m in messages)
+    assert "an unrelated absl warning" in messages
+    env.close()
