@@ -236,16 +236,25 @@ def _resolve_run(args: argparse.Namespace) -> tuple[Config, Path]:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from distdrq.progress import ProgressDisplay
-    from distdrq.trainer import Trainer
 
     cfg, run_dir = _resolve_run(args)
+    progress = ProgressDisplay(cfg.env.task, cfg.train.frames, live=False if args.plain else None)
+    # importing torch and building the envs (the first render) take 10-20 s on a small CPU
+    # machine, restoring a checkpoint's replay minutes: say so before the first panel line
+    if args.resume:
+        progress.message(f"resuming {run_dir}: restoring its newest checkpoint (replay, agent)")
+    else:
+        progress.message(
+            f"starting {cfg.agent.algo} on {cfg.env.task}: building the envs and agent"
+        )
     if cfg.agent.algo == "sdpg":
-        from distdrq.sdpg_trainer import SDPGTrainer as Trainer  # type: ignore[assignment]
+        from distdrq.sdpg_trainer import SDPGTrainer as Trainer
+    else:
+        from distdrq.trainer import Trainer  # type: ignore[assignment]
     with removed_if_unstarted(run_dir, fresh=not args.resume):
         trainer = Trainer(cfg, run_dir, resume=bool(args.resume))
-        live = False if args.plain else None
         try:
-            trainer.train(ProgressDisplay(cfg.env.task, cfg.train.frames, live=live))
+            trainer.train(progress)
         finally:
             trainer.close()
     return 0

@@ -98,6 +98,7 @@ class ProgressDisplay:
         self._live_enabled = self._stream.isatty() if live is None else live
         self._live: Any = None
         self._last_print = -math.inf
+        self._last_redraw = -math.inf
         self._fps = RateMeter()
         self._ups = RateMeter()
         self.fields: dict[str, Any] = {}
@@ -151,6 +152,24 @@ class ProgressDisplay:
             self._print_line()
             self._last_print = now
 
+    def activity(self, text: str | None) -> None:
+        """Say what the run is doing between counter updates (``evaluating: episode 3 of
+        10``): a "now" row on the panel and in the plain line, until cleared with None. Cheap
+        enough to call every env step: the panel redraws at most twice a second, a plain line
+        is printed at most every ``interval`` seconds, so a long phase never sits silent."""
+        if text is None:
+            self.fields.pop("activity", None)
+            return
+        self.fields["activity"] = text
+        now = time.monotonic()
+        if self._live is not None:
+            if now - self._last_redraw >= 0.5:
+                self._live.update(self._render())
+                self._last_redraw = now
+        elif now - self._last_print >= self._interval:
+            self._print_line()
+            self._last_print = now
+
     def _line(self) -> str:
         f = self.fields
         parts = [f"frames {_fmt(f.get('frames', 0))}/{_fmt(self.total_frames)}"]
@@ -163,6 +182,7 @@ class ProgressDisplay:
             ("restarts", "restarts"),
             ("policy_lag", "policy lag"),
             *self.extra,
+            ("activity", "now"),
             ("eta", "eta"),
         ):
             if key in f:
@@ -195,8 +215,9 @@ class ProgressDisplay:
             ("restarts", "restarts"),  # launch only: its rows exist when it gives them
             ("policy_lag", "policy lag (versions)"),
             *self.extra,
+            ("activity", "now"),
             ("eta", "ETA"),
         ):
-            if key in f or key not in ("restarts", "policy_lag"):
+            if key in f or key not in ("restarts", "policy_lag", "activity"):
                 table.add_row(label, _fmt(f.get(key)))
         return table

@@ -34,7 +34,7 @@ from distdrq.config import Config, to_dict
 from distdrq.envs.clones import NominalEnv
 from distdrq.progress import CsvLog, ProgressDisplay
 from distdrq.run.counters import Counters
-from distdrq.run.evaluation import evaluate_and_record
+from distdrq.run.evaluation import evaluate_and_record, shown_on
 from distdrq.run.groups import GroupRunner, WindowResult
 from distdrq.run.rundir import rollback_records, save_run_config
 from distdrq.run.session import finite, training_session
@@ -179,16 +179,20 @@ class SDPGTrainer:
         progress.message(  # an evaluation takes minutes on a CPU: say what is happening
             f"evaluating at frame {c.frames:,}: {train.eval_episodes} episodes, mean action"
         )
-        metrics = evaluate_and_record(
-            self.agent,
-            self.eval_env,
-            train.eval_episodes,
-            c.steps,
-            c.frames,
-            c.evaluations,
-            train.video_every_evals if self.eval_env.pixels else 0,
-            self.run_dir / "videos",
-        )
+        try:
+            metrics = evaluate_and_record(
+                self.agent,
+                self.eval_env,
+                train.eval_episodes,
+                c.steps,
+                c.frames,
+                c.evaluations,
+                train.video_every_evals if self.eval_env.pixels else 0,
+                self.run_dir / "videos",
+                on_step=shown_on(progress, train.eval_episodes),
+            )
+        finally:
+            progress.activity(None)
         c.evaluations += 1
         c.last_eval_return = metrics["eval_return"]
         c.last_eval_frame = c.frames

@@ -30,7 +30,7 @@ from distdrq.replay import ChunkRejected, EpisodeWriter, ReplayShard
 from distdrq.replay.decoding import DecoderPool
 from distdrq.replay.shard import disk_state
 from distdrq.run.counters import Counters
-from distdrq.run.evaluation import evaluate_and_record
+from distdrq.run.evaluation import evaluate_and_record, shown_on
 from distdrq.run.rundir import (
     reuse_source,
     rollback_records,
@@ -131,16 +131,20 @@ class Trainer:
         progress.message(  # an evaluation takes minutes on a CPU: say what is happening
             f"evaluating at frame {c.frames:,}: {train.eval_episodes} episodes, mean action"
         )
-        metrics = evaluate_and_record(
-            self.agent,
-            self.eval_env,
-            train.eval_episodes,
-            c.steps,
-            c.frames,
-            c.evaluations,
-            train.video_every_evals,
-            self.run_dir / "videos",
-        )
+        try:
+            metrics = evaluate_and_record(
+                self.agent,
+                self.eval_env,
+                train.eval_episodes,
+                c.steps,
+                c.frames,
+                c.evaluations,
+                train.video_every_evals,
+                self.run_dir / "videos",
+                on_step=shown_on(progress, train.eval_episodes),
+            )
+        finally:
+            progress.activity(None)
         c.evaluations += 1
         c.last_eval_return = metrics["eval_return"]
         c.last_eval_frame = c.frames

@@ -64,7 +64,8 @@ def required_cpus(cfg: Config) -> float:
     return actors + shards + 1 + evaluators
 
 
-def _roles(cfg: Config) -> str:
+def describe_roles(cfg: Config) -> str:
+    """The processes a launch of ``cfg`` starts, in words (``8 actors + 2 shards + learner``)."""
     actors, shards, evaluators = _counts(cfg)
     evaluator = " + evaluator" if evaluators else ""
     return f"{actors} actors + {shards} shards + learner{evaluator}"
@@ -87,8 +88,9 @@ def connect(cfg: Config, address: str | None, notice: Any = print) -> dict[str, 
     cores = os.cpu_count() or 1
     if need > cores:
         notice(
-            f"notice: {cores} cores for {need:g} processes ({_roles(cfg)}): running oversubscribed"
+            f"notice: {cores} cores for {need:g} processes ({describe_roles(cfg)}): running oversubscribed"
         )
+    notice("starting a local Ray instance (its own processes and dashboard: 5-20 s)")
     ray.init(
         address="local",  # a new instance, even if another Ray cluster runs on this machine
         num_cpus=max(cores, math.ceil(need)),
@@ -122,7 +124,7 @@ def _join(cfg: Config, address: str) -> dict[str, float]:
                 f"(`ray start --head --num-cpus {math.ceil(need)}`)"
             )
         raise LaunchError(
-            f"the cluster has {have:g} CPUs but this run needs {need:g} ({_roles(cfg)}); {fix}"
+            f"the cluster has {have:g} CPUs but this run needs {need:g} ({describe_roles(cfg)}); {fix}"
             ", or add nodes"
         )
     return resources

@@ -29,7 +29,13 @@ import ray
 from distdrq.checkpoint import list_checkpoints, load_latest
 from distdrq.config import Config
 from distdrq.distributed.checkpointing import Checkpointing
-from distdrq.distributed.cluster import NAMESPACE, LaunchError, connect, dashboard_url
+from distdrq.distributed.cluster import (
+    NAMESPACE,
+    LaunchError,
+    connect,
+    dashboard_url,
+    describe_roles,
+)
 from distdrq.distributed.monitor import Monitor, condensed_ray_notices
 from distdrq.distributed.roles import roles_for
 from distdrq.distributed.supervisor import Supervisor
@@ -146,6 +152,10 @@ def _build(
     progress: ProgressDisplay,
 ) -> Topology:
     """The topology, once its learner answers (which shows an auth-mode mismatch early)."""
+    restoring = "; shards restore their replay snapshots" if start.counters else ""
+    progress.message(  # worker processes import torch and MuJoCo: tens of seconds on 2 cores
+        f"starting {describe_roles(cfg)}{restoring}"
+    )
     try:
         topo = build_topology(cfg, name, run_dir, resources, start)
         device = ray.get(topo.learner.device.remote())
@@ -160,9 +170,8 @@ def _build(
         ) from exc
     if device == "cpu":
         progress.message("notice: no GPU in the cluster; the learner runs on CPU (slow)")
-    d = cfg.distributed
     progress.message(
-        f"{d.actors} env actors, {len(topo.shards)} replay shards, learner on {device}; "
+        f"{cfg.distributed.actors} env actors, {len(topo.shards)} replay shards, learner on {device}; "
         f"run dir {run_dir}"
     )
     return topo

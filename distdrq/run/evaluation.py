@@ -26,12 +26,15 @@ def evaluate(
     step: int,
     frames: list[np.ndarray] | None = None,
     cancelled: Callable[[], bool] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """Run ``episodes`` episodes with the mean action; return mean and std of the returns.
 
     ``agent`` is anything with ``act(obs, step, eval_mode)`` (a learner's agent or an actor's
     policy copy). ``frames``: if given, the first episode's frames are appended to it.
     ``cancelled``: asked every step; once true, :class:`EvaluationCancelled` is raised.
+    ``on_step``: called every step with the episode's index (a display shows the progress of
+    an evaluation that takes minutes on a CPU).
     """
     returns = []
     for episode in range(episodes):
@@ -43,6 +46,8 @@ def evaluate(
         while not ts.last:
             if cancelled is not None and cancelled():
                 raise EvaluationCancelled(f"stopped in episode {episode + 1} of {episodes}")
+            if on_step is not None:
+                on_step(episode)
             with torch.no_grad():
                 action = agent.act(ts.observation, step, eval_mode=True)
             ts = env.step(action)
@@ -68,13 +73,20 @@ def evaluate_and_record(
     video_every: int,
     video_dir: str | Path | None,
     cancelled: Callable[[], bool] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """:func:`evaluate`, and ``video_dir/eval_<frame>.gif`` of its first episode when this is
     the first or every ``video_every``-th evaluation (``video_dir`` None: never)."""
     frames: list[np.ndarray] | None = None
     if video_dir is not None and video_due(evaluation_index, video_every):
         frames = []
-    result = evaluate(agent, env, episodes, step, frames, cancelled)
+    result = evaluate(agent, env, episodes, step, frames, cancelled, on_step)
     if frames:
         write_gif(frames, Path(video_dir) / f"eval_{frame:012d}.gif")  # type: ignore[arg-type]
     return result
+
+
+def shown_on(progress: Any, episodes: int) -> Callable[[int], None]:
+    """An ``on_step`` that keeps a display's "now" row on the evaluation's episode (the panel
+    keeps refreshing, a plain log keeps its line every few seconds)."""
+    return lambda episode: progress.activity(f"evaluating: episode {episode + 1} of {episodes}")

@@ -43,3 +43,25 @@ def test_cancelled_evaluation_stops_within_a_step():
     with pytest.raises(EvaluationCancelled, match="episode 1 of 10"):
         evaluate(_Agent(), env, 10, 0, cancelled=lambda: env.steps >= 7)
     assert env.steps == 7
+
+
+def test_an_evaluation_keeps_a_plain_log_and_the_panel_saying_where_it_is():
+    """A CPU evaluation takes minutes: its progress shows as the display's "now" row, a plain
+    log gets a line every ``interval`` seconds during it, and the row goes once it ends."""
+    import io
+
+    from distdrq.progress import ProgressDisplay
+    from distdrq.run.evaluation import shown_on
+
+    out = io.StringIO()
+    progress = ProgressDisplay("cartpole", 1000, stream=out, live=False, interval=0.0)
+    progress.update(100, 5)
+    env = _Env(4)
+    evaluate(_Agent(), env, 3, 0, on_step=shown_on(progress, 3))
+    lines = out.getvalue().splitlines()
+    assert "now evaluating: episode 1 of 3" in lines[1]
+    assert "now evaluating: episode 3 of 3" in lines[-1]
+    assert len(lines) == 1 + 12  # a line per step at interval 0
+    progress.activity(None)
+    progress.update(100, 5)
+    assert "now" not in out.getvalue().splitlines()[-1]

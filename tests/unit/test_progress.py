@@ -51,3 +51,14 @@ def test_ray_notices_become_one_line_and_a_log(tmp_path):
     assert inner.getvalue() == "an ordinary line\n"  # nothing of the notice, not its newline
     logged = (tmp_path / "ray_notices.log").read_text()
     assert "Worker PID: 123" in logged and "\x1b[" not in logged
+
+
+def test_activity_is_a_now_row_only_while_set():
+    out = io.StringIO()
+    progress = ProgressDisplay("walker_walk", 1000, stream=out, live=False, interval=3600.0)
+    progress.update(100, 5)
+    progress.activity("evaluating: episode 2 of 10")
+    assert "now" in _panel(progress) and "episode 2 of 10" in _panel(progress)
+    assert len(out.getvalue().splitlines()) == 1  # a plain line at most every interval
+    progress.activity(None)
+    assert "evaluating" not in _panel(progress)
