@@ -68,7 +68,8 @@ def describe_roles(cfg: Config) -> str:
     """The processes a launch of ``cfg`` starts, in words (``8 actors + 2 shards + learner``)."""
     actors, shards, evaluators = _counts(cfg)
     evaluator = " + evaluator" if evaluators else ""
-    return f"{actors} actors + {shards} shards + learner{evaluator}"
+    actor_s, shard_s = "s" * (actors != 1), "s" * (shards != 1)
+    return f"{actors} actor{actor_s} + {shards} shard{shard_s} + learner{evaluator}"
 
 
 def _runtime_env(cfg: Config) -> dict[str, Any]:
