@@ -263,6 +263,9 @@ class TrainConfig:
     """frames between checkpoints (one more is written at the end)"""
     log_every_frames: int = 1000
     """frames between CSV log rows of training metrics"""
+    tensorboard: bool = True
+    """also write the train.csv/eval.csv scalars and eval videos as TensorBoard event files in
+    the run directory (``tensorboard --logdir runs``)"""
     seed: int = 1
     """random seed for env, networks and sampling"""
 
@@ -289,6 +292,14 @@ class DistributedConfig:
     """run an evaluator actor (mean-action episodes every train.eval_every_frames)"""
     learner_gpus: float = -1.0
     """GPUs for the learner: -1 = one if the cluster has any, else 0 (CPU, with a notice)"""
+    restart_backoff_s: float = 1.0
+    """wait before restarting a role whose loop failed; doubles with each failure in a row"""
+    restart_backoff_max_s: float = 30.0
+    """longest wait between restarts of one role"""
+    max_failures: int = 6
+    """a role that fails this many times in a row without progress (the learner without an
+    update, an env actor without a frame, others within a minute) ends the run with a
+    checkpoint; 0 = restart forever"""
 
 
 @dataclass
@@ -388,6 +399,9 @@ _NON_NEGATIVE = (
     "train.video_every_evals",
     "distributed.samples_per_insert",
     "distributed.snapshot_every_inserts",
+    "distributed.restart_backoff_s",
+    "distributed.restart_backoff_max_s",
+    "distributed.max_failures",
     "sdpg.horizon_seconds",
     "sdpg.delta_j_floor",
     "sdpg.actor_lr_min",

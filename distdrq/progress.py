@@ -13,11 +13,14 @@ from typing import Any, TextIO
 class CsvLog:
     """Append rows of scalars to a CSV file; the header is fixed by the first row written.
 
-    Re-opening an existing file (on resume) appends and keeps its header.
+    Re-opening an existing file (on resume) appends and keeps its header. With ``events``
+    (a :class:`distdrq.tblog.EventLog`), each row also goes to TensorBoard as ``prefix/<column>``.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, events: Any = None, prefix: str = "") -> None:
         self.path = Path(path)
+        self.events = events
+        self.prefix = prefix or self.path.stem
         self._fields: list[str] | None = None
         if self.path.is_file() and self.path.stat().st_size > 0:
             with open(self.path, newline="") as fh:
@@ -33,6 +36,8 @@ class CsvLog:
             if new:
                 writer.writeheader()
             writer.writerow(row)
+        if self.events is not None:
+            self.events.row(self.prefix, row)
 
 
 def format_duration(seconds: float) -> str:

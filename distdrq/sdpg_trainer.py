@@ -38,6 +38,7 @@ from distdrq.run.evaluation import evaluate_and_record, shown_on
 from distdrq.run.groups import GroupRunner, WindowResult
 from distdrq.run.rundir import rollback_records, save_run_config
 from distdrq.run.session import finite, training_session
+from distdrq.tblog import open_events
 
 _SHOWN = (("sigma", "policy std"), ("temperature", "temperature"), ("iteration_s", "s/iteration"))
 
@@ -72,8 +73,9 @@ class SDPGTrainer:
         else:
             self.counters.next_checkpoint_frame = cfg.train.checkpoint_every_frames
             save_run_config(self.run_dir, cfg)
-        self.train_log = CsvLog(self.run_dir / "train.csv")
-        self.eval_log = CsvLog(self.run_dir / "eval.csv")
+        self.events = open_events(self.run_dir, cfg.train.tensorboard, resume)
+        self.train_log = CsvLog(self.run_dir / "train.csv", self.events)
+        self.eval_log = CsvLog(self.run_dir / "eval.csv", self.events)
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -231,9 +233,11 @@ class SDPGTrainer:
         )
 
     def close(self) -> None:
-        """Release the envs."""
+        """Release the envs; flush the TensorBoard events."""
         self.runner.close()
         self.eval_env.close()
+        if self.events is not None:
+            self.events.close()
 
 
 TRAIN_METRICS = (

@@ -37,6 +37,7 @@ from distdrq.run.rundir import (
     save_run_config,
 )
 from distdrq.run.session import finite, training_session
+from distdrq.tblog import open_events
 
 
 class Trainer:
@@ -82,8 +83,9 @@ class Trainer:
             self.counters.next_checkpoint_frame = cfg.train.checkpoint_every_frames
             self.env.check_rendering()  # a run that cannot render leaves no run directory
             save_run_config(self.run_dir, cfg)
-        self.train_log = CsvLog(self.run_dir / "train.csv")
-        self.eval_log = CsvLog(self.run_dir / "eval.csv")
+        self.events = open_events(self.run_dir, cfg.train.tensorboard, resume)
+        self.train_log = CsvLog(self.run_dir / "train.csv", self.events)
+        self.eval_log = CsvLog(self.run_dir / "eval.csv", self.events)
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -262,9 +264,11 @@ class Trainer:
         )
 
     def close(self) -> None:
-        """Release the envs and the decoding threads."""
+        """Release the envs and the decoding threads; flush the TensorBoard events."""
         self.env.close()
         self.eval_env.close()
+        if self.events is not None:
+            self.events.close()
         if self.decoder is not None:
             self.decoder.close()
 

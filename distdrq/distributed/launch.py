@@ -38,13 +38,14 @@ from distdrq.distributed.cluster import (
 )
 from distdrq.distributed.monitor import Monitor, condensed_ray_notices
 from distdrq.distributed.roles import roles_for
-from distdrq.distributed.supervisor import Supervisor
+from distdrq.distributed.supervisor import RestartLimitError, Supervisor
 from distdrq.distributed.topology import RunStart, Topology, build_topology
 from distdrq.metrics import RunMetrics
 from distdrq.proctree import kill_descendants
 from distdrq.progress import ProgressDisplay
 from distdrq.run.counters import Counters
 from distdrq.run.rundir import rollback_records, save_run_config
+from distdrq.tblog import open_events
 from distdrq.types import SkippedFile
 
 __all__ = ["NAMESPACE", "LaunchError", "launch"]
@@ -204,6 +205,7 @@ class _Session:
             supervisor.explain,
             counters.last_eval_frame,
             roles.train_columns,
+            open_events(self.run_dir, self.cfg.train.tensorboard, self.start.counters is not None),
         )
         every = self.cfg.train.checkpoint_every_frames
         runner = Checkpointing(
@@ -211,8 +213,11 @@ class _Session:
         )
         supervisor.start()
         with self.progress, condensed_ray_notices(self.run_dir, self.progress.message):
-            reason, failure = self._supervise(runner, monitor)
-            snap, path = self._finish(runner, monitor, reason, failure)
+            try:
+                reason, failure = self._supervise(runner, monitor)
+                snap, path = self._finish(runner, monitor, reason, failure)
+            finally:
+                monitor.close()
         if reason == "failed":
             raise LaunchError(
                 f"the run failed ({failure}); a checkpoint was written: continue with "
@@ -233,6 +238,9 @@ class _Session:
             failure = str(exc).strip().splitlines()[0][:200]
             self.progress.message(f"unrecoverable failure: {failure}; writing a checkpoint")
             return "failed", failure
+        except RestartLimitError as exc:  # a role that keeps failing: not restarted forever
+            self.progress.message(f"giving up: {exc}; writing a checkpoint")
+            return "failed", str(exc)
 
     def _finish(self, runner: Checkpointing, monitor: Monitor, reason: str, failure: str) -> Any:
         """Stop every loop, the final evaluation (if the budget was reached), the checkpoint."""

@@ -22,6 +22,7 @@ from distdrq.distributed.messages import LearnerReport, RunSnapshot
 from distdrq.metrics import RunMetrics
 from distdrq.progress import CsvLog, ProgressDisplay
 from distdrq.run.session import finite
+from distdrq.tblog import EventLog
 
 _PENDING = object()
 
@@ -75,17 +76,20 @@ class Monitor:
         explain: Callable[[str], tuple[str, str]],
         last_eval_frame: int = -1,
         columns: tuple[str, ...] = ("critic_loss", "actor_loss", "policy_lag_mean"),
+        events: EventLog | None = None,
     ) -> None:
         """``last_eval_frame``: the newest evaluation already in ``eval.csv`` (on resume);
         ``columns``: the learner metrics written beside each episode return in train.csv (the
-        flow's, :mod:`.roles`); ``progress.extra`` names the metrics shown on the panel."""
+        flow's, :mod:`.roles`); ``progress.extra`` names the metrics shown on the panel;
+        ``events``: TensorBoard's copy of the CSV rows (:mod:`distdrq.tblog`)."""
         self.columns = columns
         self.progress = progress
         self.metrics = metrics
         self._topology = topology
         self._explain = explain
-        self.train_log = CsvLog(run_dir / "train.csv")
-        self.eval_log = CsvLog(run_dir / "eval.csv")
+        self.events = events
+        self.train_log = CsvLog(run_dir / "train.csv", events)
+        self.eval_log = CsvLog(run_dir / "eval.csv", events)
         self._last_eval_logged = last_eval_frame
         self._polls = Polls()
         self._starts_seen: dict[str, int] = {}
@@ -119,6 +123,11 @@ class Monitor:
         """Read the shard messages still in flight (at the end of a run) without asking again."""
         for i in range(len(self._topology().shards)):
             self._shard_text(i, self._polls.drain(("messages", i), timeout))
+
+    def close(self) -> None:
+        """Flush and close the TensorBoard events."""
+        if self.events is not None:
+            self.events.close()
 
     # -- showing it
 

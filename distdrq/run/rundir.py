@@ -51,9 +51,14 @@ def removed_if_unstarted(run_dir: Path, fresh: bool) -> Iterator[None]:
     except BaseException:
         if fresh and not existed and run_dir.is_dir():
             files = [p for p in run_dir.rglob("*") if not p.is_dir()]
-            if all(p == run_dir / CONFIG_FILE for p in files):
+            # an event file without a CSV holds no row (tblog writes each row to a CSV first)
+            if all(p == run_dir / CONFIG_FILE or _is_events(p) for p in files):
                 shutil.rmtree(run_dir, ignore_errors=True)
         raise
+
+
+def _is_events(path: Path) -> bool:
+    return path.name.startswith("events.out.tfevents.")
 
 
 def load_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:

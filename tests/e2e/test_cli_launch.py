@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from distdrq.proctree import alive, descendants
+from distdrq.tblog import read_events
 
 SMALL = [
     "--plain",
@@ -75,6 +76,11 @@ def test_launch_checkpoint_resume(tmp_path):
     assert evals == sorted(set(evals)) and evals[-1] >= 4500, evals
     trains = [int(r.split(",")[0]) for r in (run_dir / "train.csv").read_text().splitlines()[1:]]
     assert trains == sorted(trains), trains
+    # and so do TensorBoard's events, written by the driver, rebuilt on resume
+    points = read_events(run_dir)
+    assert [step for step, _ in points["eval/eval_return"]] == evals
+    assert [step for step, _ in points["train/episode_return"]] == trains
+    assert points["eval/video"][0][0] == 0
 
 
 def _start_until(run_dir: Path, done) -> tuple[subprocess.Popen, list[str], set[int]]:

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from distdrq.progress import _fmt
+from distdrq.tblog import read_events
 
 SMALL = [
     "--plain",
@@ -172,3 +173,10 @@ def test_sigkill_then_resume_keeps_records_consistent(tmp_path):
     walls = [float(r.split(",")[4]) for r in rows[1:]]
     assert frames == sorted(frames) and frames[-1] == 2400
     assert walls == sorted(walls)  # wall time continues across the resume
+    # TensorBoard's events hold the same points, each once (rebuilt on resume from the records)
+    points = read_events(run_dir)
+    assert [step for step, _ in points["eval/eval_return"]] == evals
+    assert [step for step, _ in points["train/wall_time"]] == frames
+    assert [value for _, value in points["train/wall_time"]] == pytest.approx(walls, rel=1e-6)
+    videos = [step for step, _ in points["eval/video"]]
+    assert videos[0] == 0 and set(videos) <= set(evals)

@@ -20,13 +20,6 @@ from distdrq.progress import ProgressDisplay  # noqa: E402
 from distdrq.run.counters import Counters  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @ray.remote(max_restarts=-1, max_task_retries=0, num_cpus=0)
 class FlakyShard:
     """Dies (the process exits) on its first snapshot call, then works after Ray restarts it."""

@@ -20,13 +20,6 @@ from distdrq.progress import ProgressDisplay  # noqa: E402
 from distdrq.run.counters import Counters  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @ray.remote(num_cpus=0, max_concurrency=4)
 class SlowShard:
     """Answers stats only after ``delay`` seconds (a shard restoring a large snapshot)."""
