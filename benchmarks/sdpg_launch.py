@@ -1,6 +1,8 @@
 """SDPG on Ray against one process (issue 11): seconds per iteration on 1 and 2 env actors
-and in one process, same configuration, and the bytes one actor's window carries to the
-learner (the pickled WindowResult, state and pixel actors).
+and in one process, same configuration, how the iteration splits (physics, rendering, policy,
+frame coding, transfer, decoding, learner), for state and pixel actors, and the bytes the
+windows of one iteration carry to the learner (the pickled WindowResults, with the pixel
+actor's frames raw and coded by the replay codec, as ``launch`` sends them).
 
 One process is ``distdrq train``'s iteration (a GroupRunner and the agent in one process);
 Ray is ``distdrq launch``'s (a coordinator and K GroupActors by name on a local Ray instance,
@@ -51,30 +53,44 @@ def one_process(iterations: int, obs: str) -> list[float]:
     return times[1:]  # the first pays for lazy initialisation
 
 
-def on_ray(iterations: int, actors: int) -> tuple[list[float], dict[str, float]]:
-    """Seconds of each distributed iteration on ``actors`` GroupActors; the last metrics."""
-    cfg = load_config(TASK, overrides=[*SMALL, "sdpg.obs=state", f"distributed.actors={actors}"])
-    name = f"bench-sdpg-{actors}"
+def on_ray(iterations: int, actors: int, obs: str) -> tuple[list[float], dict[str, float]]:
+    """Seconds of each distributed iteration on ``actors`` GroupActors; the mean metrics."""
+    cfg = load_config(TASK, overrides=[*SMALL, f"sdpg.obs={obs}", f"distributed.actors={actors}"])
+    name = f"bench-sdpg-{actors}-{obs}"
     coord = ray.remote(Coordinator).options(name=f"{name}-coordinator").remote(name)
     options = {"max_restarts": -1, "max_concurrency": 3, "num_cpus": 1}
     envs = [
         ray.remote(GroupActor).options(name=f"{name}-env-{i}", **options).remote(i, cfg, name, 0)
         for i in range(actors)
     ]
-    learner = SDPGLearner(cfg, (17,), 6, name)
-    times = []
+    learner = SDPGLearner(cfg, (17,) if obs == "state" else (9, 84, 84), 6, name)
+    times, reports = [], []
     for _ in range(iterations + 1):
         start = time.perf_counter()
         learner.iteration(envs)
         times.append(time.perf_counter() - start)
-    metrics = learner.take_report().metrics
+        reports.append(learner.take_report().metrics)
+    metrics = {k: statistics.mean(r[k] for r in reports[1:]) for k in SPLIT + ("window_bytes",)}
     for actor in [coord, *envs]:
         ray.kill(actor, no_restart=True)
     return times[1:], metrics
 
 
-def window_bytes(obs: str) -> tuple[int, int]:
-    """(pickled bytes, array bytes) of one window of all groups."""
+SPLIT = (
+    "window_s",
+    "physics_s",
+    "render_s",
+    "policy_s",
+    "encode_s",
+    "transfer_s",
+    "decode_s",
+    "learner_s",
+)
+
+
+def window_bytes(obs: str) -> dict[str, float]:
+    """Pickled bytes of one window of all groups, raw and coded (pixels), and the seconds
+    coding and decoding took."""
     cfg = load_config(TASK, overrides=[*SMALL, f"sdpg.obs={obs}"])
     runner = GroupRunner(cfg.env, cfg.sdpg, range(cfg.sdpg.nominals), cfg.train.seed)
     first = runner.nominals[0]
@@ -84,7 +100,18 @@ def window_bytes(obs: str) -> tuple[int, int]:
     runner.set_weights(agent.policy_state_dict(), 0)
     result = runner.run_window()
     runner.close()
-    return len(pickle.dumps(result, protocol=5)), result.nbytes
+    start = time.perf_counter()
+    coded = result.coded(cfg.replay.codec)
+    encoded = time.perf_counter()
+    data = pickle.dumps(coded, protocol=5)
+    pickle.loads(data).decoded()
+    decoded = time.perf_counter()
+    return {
+        "raw": len(pickle.dumps(result, protocol=5)),
+        "coded": len(data),
+        "encode_s": encoded - start,
+        "decode_s": decoded - encoded,
+    }
 
 
 def _line(label: str, times: list[float]) -> str:
@@ -102,18 +129,22 @@ def main() -> None:
     print(_line("one process", one_process(args.iterations, "state")))
     ray.init(num_cpus=3, namespace="distdrq", log_to_driver=False, include_dashboard=False)
     try:
-        for actors in (1, 2):
-            times, m = on_ray(args.iterations, actors)
-            print(_line(f"Ray, {actors} actor(s)", times))
-            split = ", ".join(
-                f"{k} {m[k]:.3f}" for k in ("window_s", "learner_s", "physics_s", "transfer_s")
-            )
-            print(f"|   last iteration's split | {split} | | |")
+        for obs in ("state", "pixels"):
+            for actors in (1, 2):
+                times, m = on_ray(args.iterations, actors, obs)
+                print(_line(f"Ray, {obs} actor, {actors} env actor(s)", times))
+                split = ", ".join(f"{k[:-2]} {m[k]:.3f}" for k in SPLIT)
+                print(f"|   mean split (actor parts summed over actors) | {split} | | |")
+                print(f"|   bytes actors -> learner an iteration | {m['window_bytes']:,.0f} | | |")
     finally:
         ray.shutdown()
     for obs in ("state", "pixels"):
-        pickled, arrays = window_bytes(obs)
-        print(f"window of 8 groups, {obs} actor: {pickled:,} bytes pickled ({arrays:,} in arrays)")
+        b = window_bytes(obs)
+        print(
+            f"window of 8 groups, {obs} actor: {b['raw']:,} bytes pickled raw, {b['coded']:,} "
+            f"with frames coded ({b['raw'] / b['coded']:.1f}x fewer); coding "
+            f"{b['encode_s']:.3f} s, decoding {b['decode_s']:.3f} s"
+        )
     print(f"load at the end: {os.getloadavg()}")
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -52,6 +53,7 @@ class GroupActor:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="groups")
         self.runner = self._thread.submit(GroupRunner, cfg.env, cfg.sdpg, groups, seed).result()
         self._stop = threading.Event()
+        self._codec = cfg.replay.codec
 
     def run_window(self, weights: dict[str, torch.Tensor], version: int) -> WindowResult:
         """One window of this actor's groups acting with ``weights`` (version ``version``)."""
@@ -59,7 +61,11 @@ class GroupActor:
 
     def _window(self, weights: dict[str, torch.Tensor], version: int) -> WindowResult:
         self.runner.set_weights(weights, version)
-        return self.runner.run_window()
+        result = self.runner.run_window()
+        start = time.perf_counter()
+        coded = result.coded(self._codec)  # pixels: the nominals' frames as replay chunks
+        coded.seconds["encode"] = time.perf_counter() - start
+        return coded
 
     def run(self) -> None:
         """Wait until the run stops (:meth:`stop`, or the coordinator's stop flag)."""

@@ -106,11 +106,13 @@ class SDPGLearner:
         start = time.perf_counter()
         weights, version = self._weights, self.version
         refs = [actor.run_window.remote(weights, version) for actor in actors]
-        results = [
+        coded = [
             self._window(actor, ref, weights, version)
             for actor, ref in zip(actors, refs, strict=True)
         ]
         gathered = time.perf_counter()
+        results = [result.decoded() for result in coded]  # pixels: frames came coded
+        decoded = time.perf_counter()
         with self._lock:
             metrics = self.agent.learn(results)
             self.updates += 1
@@ -121,10 +123,11 @@ class SDPGLearner:
             reply = ray.get(self._coord.report_iteration.remote(self._counts(results)))
             self._weights = self._publish()
         learned = time.perf_counter()
-        seconds = {"window_s": gathered - start, "learner_s": learned - gathered}
+        seconds = {"window_s": gathered - start, "decode_s": decoded - gathered}
+        seconds["learner_s"] = learned - decoded
         seconds["iteration_s"] = time.perf_counter() - start
         with self._report_lock:
-            self._metrics_now = metrics | seconds | self._window_metrics(results, seconds)
+            self._metrics_now = metrics | seconds | self._window_metrics(coded, seconds)
         return reply
 
     def _window(self, actor: Any, ref: Any, weights: Any, version: int) -> WindowResult:
@@ -199,7 +202,7 @@ class SDPGLearner:
         return os.getpid()
 
 
-_SPLIT = ("physics", "render", "policy")
+_SPLIT = ("physics", "render", "policy", "encode")
 
 
 def critic_state_dim(cfg: Config) -> int:

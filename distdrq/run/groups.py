@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,6 +32,9 @@ from distdrq.agent.sdpg_networks import SDPGPolicy
 from distdrq.config import EnvConfig, SDPGConfig
 from distdrq.envs.clones import NominalEnv, PhysicsState, StepResult, TaskPhysics
 from distdrq.types import TimeStep
+
+if TYPE_CHECKING:
+    from distdrq.replay.codec import EncodedFrames
 
 
 def window_length(cfg: SDPGConfig, agent_step_seconds: float) -> int:
@@ -74,6 +78,9 @@ class WindowResult:
     frames: np.ndarray | None = None
     """pixels: uint8 [G, H, C, h, w], each nominal's new frame after step t (its reset frame
     when it was reset)"""
+    coded_frames: list[EncodedFrames] | None = None
+    """pixels, in transit (:meth:`coded`): per group, the replay codec's bytes of its
+    ``S + H`` frames, ``first_stack`` then ``frames``; the two arrays are None meanwhile"""
     episode_returns: list[float] = field(default_factory=list)
     """returns of the nominal episodes that ended in this window"""
     episode_lengths: list[int] = field(default_factory=list)
@@ -110,9 +117,47 @@ class WindowResult:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of its arrays (what a transfer would carry, before any compression)."""
+        """Bytes of its arrays and coded frames (about what a transfer carries)."""
         arrays = [getattr(self, name) for name in _ARRAYS]
-        return sum(a.nbytes for a in arrays if a is not None)
+        coded = sum(len(enc.payload) + enc.sizes.nbytes for enc in self.coded_frames or ())
+        return sum(a.nbytes for a in arrays if a is not None) + coded
+
+    def coded(self, codec: str) -> WindowResult:
+        """This window with each nominal's frames (its first stack, then its new frames) coded
+        by the replay codec ``codec`` for the trip to the learner: the same lossless,
+        checksummed chunks an env actor sends to replay, about a tenth of the raw bytes for
+        the default codec. Every window starts a new code (no state carried between windows:
+        a restarted actor or a re-run window needs nothing from before). State-actor windows
+        are returned as they are."""
+        from distdrq.replay.codec import FrameEncoder
+
+        if self.frames is None or self.first_stack is None:
+            return self
+        coded = []
+        for stack, frames in zip(self.first_stack, self.frames, strict=True):
+            encoder = FrameEncoder(codec, tuple(frames.shape[1:]))
+            coded.append(encoder.encode(np.concatenate([stack, frames])))
+        return replace(self, first_stack=None, frames=None, coded_frames=coded)
+
+    def decoded(self) -> WindowResult:
+        """Inverse of :meth:`coded` (bit-exact); ValueError (one line) for damaged frames."""
+        from distdrq.replay.codec import EpisodeFrames, payload_checksum
+
+        if self.coded_frames is None:
+            return self
+        stacks, frames = [], []
+        for g, enc in enumerate(self.coded_frames):
+            if enc.checksum != payload_checksum(enc.payload, enc.sizes):
+                raise ValueError(f"the coded frames of group {g} of this window are damaged")
+            episode = EpisodeFrames(enc.codec, enc.frame_shape)
+            episode.append(enc)
+            window = episode.decode(np.arange(len(enc)))
+            depth = len(enc) - self.horizon
+            stacks.append(window[:depth])
+            frames.append(window[depth:])
+        return replace(
+            self, first_stack=np.stack(stacks), frames=np.stack(frames), coded_frames=None
+        )
 
 
 _ARRAYS = (

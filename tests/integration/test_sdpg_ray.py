@@ -135,7 +135,12 @@ def test_pixel_actor_iteration(local_ray):
         learner = SDPGLearner(cfg, (9, 84, 84), 6, "sdpg-pix")
         for _ in range(2):  # Ray may answer each call on another of its threads
             learner.iteration(envs)
-        assert learner.take_report().metrics["render_s"] > 0
+        metrics = learner.take_report().metrics
+        assert metrics["render_s"] > 0
+        # the frames came coded by the replay codec and were decoded here
+        assert metrics["encode_s"] > 0 and metrics["decode_s"] > 0
+        raw_frames = 2 * (3 + 4) * 3 * 84 * 84  # groups x (stack + window) x frame bytes
+        assert metrics["window_bytes"] < raw_frames / 2
         assert ray.get(coord.snapshot.remote()).counters.updates == 2
     finally:
         _stop(coord, envs)
