@@ -121,11 +121,12 @@ def policy_weights(encoder: nn.Module, actor: nn.Module) -> dict[str, torch.Tens
 def load_policy_weights(
     state: dict[str, torch.Tensor], encoder: nn.Module, actor: nn.Module
 ) -> None:
-    """Load what :func:`policy_weights` gave into ``encoder`` and ``actor``."""
+    """Load what :func:`policy_weights` gave into ``encoder`` and ``actor`` (tensors, or the
+    NumPy arrays a launch's learner publishes)."""
     for name, module in (("encoder", encoder), ("actor", actor)):
         prefix = f"{name}."
         module.load_state_dict(
-            {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            {k[len(prefix) :]: torch.as_tensor(v) for k, v in state.items() if k.startswith(prefix)}
         )
 
 

@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ray
-import torch
 
-from distdrq.agent import Policy
 from distdrq.config import Config
 from distdrq.distributed.messages import EvalReport, SendResult
 from distdrq.distributed.replay_actor import ReplayClient
 from distdrq.envs import make_env
+from distdrq.numpy_policy import limit_blas_threads, make_acting_policy, numpy_acting
 from distdrq.replay import EpisodeWriter
 from distdrq.run.evaluation import EvaluationCancelled, evaluate_and_record
 from distdrq.types import Chunk
@@ -55,9 +55,20 @@ def lookup(run_name: str, num_shards: int) -> tuple[Any, list[Any], Any | None]:
     return coordinator, shards, limiter
 
 
+def _numpy_evaluation(cfg: Config, seed: int) -> tuple[Any, Any]:
+    """The replay flow's evaluation env and policy, without torch (roles.py's
+    ``_replay_evaluation`` with :class:`~distdrq.numpy_policy.NumpyPolicy`)."""
+    env = make_env(cfg.env, seed)
+    return env, make_acting_policy(env.obs_shape, env.action_dim, cfg.agent)
+
+
 def pin_threads() -> None:
-    """One thread each for torch, OpenMP and Mesa in an env process."""
-    torch.set_num_threads(1)
+    """One thread each for torch (if loaded), NumPy's BLAS, OpenMP and Mesa in an env
+    process."""
+    torch = sys.modules.get("torch")  # env actors of the replay flow never import it
+    if torch is not None:
+        torch.set_num_threads(1)
+    limit_blas_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     # Mesa's software rasteriser (llvmpipe) renders with extra threads unless told otherwise;
     # read when the GL context is created, so this must run before the env is made
@@ -97,7 +108,7 @@ class EnvActor:
         self.starts = ray.get(coordinator.register.remote(self.role))
         seed = cfg.train.seed + index + 100_003 * (self.starts - 1 + 64 * session)
         self.env = make_env(cfg.env, seed)
-        policy = Policy(self.env.obs_shape, self.env.action_dim, cfg.agent)
+        policy = make_acting_policy(self.env.obs_shape, self.env.action_dim, cfg.agent)
         self.follower = _PolicyFollower(policy, coordinator)
         self.client = ReplayClient(shards, seed=seed, limiter=limiter)
         self.writer = EpisodeWriter(
@@ -234,13 +245,16 @@ class Evaluator:
         self.cfg = cfg
         self._coord = coordinator
         self.starts = ray.get(coordinator.register.remote("evaluator"))
-        # the run's data flow gives the env and policy (DrQ-v2's pixel env, SDPG's nominal)
-        from distdrq.distributed.roles import roles_for  # late: roles imports this module
-
         # the env lives on one thread of its own: a GL context is current on the thread that
         # made it, while run() and the final evaluate() may come on different Ray threads
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluation")
-        make = roles_for(cfg).evaluation
+        make = _numpy_evaluation
+        if not numpy_acting(cfg.agent):
+            # the run's data flow gives the env and policy (SDPG's nominal and its policy);
+            # late: roles imports this module (and torch)
+            from distdrq.distributed.roles import roles_for
+
+            make = roles_for(cfg).evaluation
         self.env, policy = self._thread.submit(make, cfg, cfg.train.seed + 10_000).result()
         self.follower = _PolicyFollower(policy, coordinator)
         # Ray restarts this actor with its first arguments: continue the run's evaluation grid

@@ -115,7 +115,8 @@ class WeightPublisher:
         weights, copied, version, updates = item
         if copied is not None:
             copied.synchronize()
-        ref = ray.put(weights)
+        # as NumPy arrays: env actors and the evaluator act without torch (NumpyPolicy)
+        ref = ray.put({key: value.numpy() for key, value in weights.items()})
         ray.get(self._coord.publish.remote(version, [ref], updates))
 
 

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from distdrq.agent.policy import Policy
 from distdrq.agent.registry import algorithm
 from distdrq.agent.sdpg_networks import SDPGPolicy
 from distdrq.config import Config, ConfigError
@@ -22,6 +21,7 @@ from distdrq.distributed.learner import Learner
 from distdrq.distributed.sdpg_learner import SDPGLearner
 from distdrq.envs import make_env
 from distdrq.envs.clones import NominalEnv
+from distdrq.numpy_policy import make_acting_policy
 
 Shape = tuple[tuple[int, ...], int]
 """(the actor's observation shape, the action dimension)"""
@@ -68,7 +68,7 @@ def _nominal_shape(cfg: Config) -> Shape:
 
 def _replay_evaluation(cfg: Config, seed: int) -> tuple[Any, Any]:
     env = make_env(cfg.env, seed)
-    return env, Policy(env.obs_shape, env.action_dim, cfg.agent)
+    return env, make_acting_policy(env.obs_shape, env.action_dim, cfg.agent)
 
 
 def _nominal_evaluation(cfg: Config, seed: int) -> tuple[Any, Any]:
@@ -112,8 +112,10 @@ ROLES: dict[str, Roles] = {
             "sigma",
             "temperature",
             "window_s",
+            "decode_s",
             "learner_s",
             "iteration_s",
+            "window_bytes",
         ),
         shown=(("sigma", "policy std"), ("temperature", "temperature"), ("iteration_s", "s/it")),
         shape=_nominal_shape,

@@ -69,10 +69,9 @@ from distdrq.replay.lz4decode import (
     SRC_ARRAY,
     SRC_ROW,
     check_blocks,
+    kernels,
     lz4_decompress,
     lz4_decompress_dict,
-    reconstruct_into,
-    reconstruct_numba,
 )
 from distdrq.replay.registry import (
     CODECS,
@@ -447,10 +446,17 @@ def _reconstruct_numpy(
         buf[sel] += buf[ref_home[level == d]]
 
 
-_reconstruct = reconstruct_numba or _reconstruct_numpy
-"""decodes a plan's items into the rows of one array (tests swap it for the numpy version)"""
-_reconstruct_numba = reconstruct_numba
-_reconstruct_into = reconstruct_into  # straight into output arrays (None without numba)
+_reconstruct: Any = None
+"""decodes a plan's items into the rows of one array; None: numba's kernel when numba is
+there, else the numpy version (tests set it to the one they check)"""
+
+
+def _reconstructor() -> Any:
+    """What decodes a plan's items: :data:`_reconstruct` if set, else the default."""
+    if _reconstruct is not None:
+        return _reconstruct
+    k = kernels()
+    return k.reconstruct_numba if k is not None else _reconstruct_numpy
 
 
 def undecodable_frame(
@@ -624,7 +630,7 @@ def decode_windows(
         return out
     buf = np.empty((plan.nrows + plan.nscratch, plan.frame_bytes), np.uint8)
     by_dict = plan.spec.by_dict(plan.frame_bytes)
-    _reconstruct(plan.src, plan.size, plan.home, plan.ref_home, buf, shape[0] == 3, by_dict)
+    _reconstructor()(plan.src, plan.size, plan.home, plan.ref_home, buf, shape[0] == 3, by_dict)
     if plan.dup.size:
         buf[plan.dup] = buf[plan.dup_src]
     return buf[: plan.nrows].reshape(out.shape)
@@ -658,7 +664,7 @@ def decode_windows_into(
     if sum(widths) != nw:
         raise ValueError(f"outputs hold {sum(widths)} frames per window, frame_idx has {nw}")
     plan = None
-    if _reconstruct_into is not None and _reconstruct is _reconstruct_numba:
+    if _reconstruct is None and kernels() is not None:  # the default: numba's
         plan = plan_into(episodes, episode_idx, frame_idx, tuple(widths))
     if plan is None:
         # raw storage, no numba, or a test's reconstructor: decode, then copy
@@ -785,7 +791,8 @@ def run_plan(
     :func:`decode_windows_into` takes them; rows of other windows are not touched), with
     ``scratch`` as work space when big enough; returns the scratch array used. Needs numba.
     Disjoint window ranges may run at once on several threads, each with its own scratch."""
-    if _reconstruct_into is None:
+    k = kernels()
+    if k is None:
         raise RuntimeError("decoding into output arrays needs numba (pip install numba)")
     fb = plan.frame_bytes
     if tuple(_output_widths(outs, plan.windows, fb)) != plan.widths:
@@ -798,7 +805,7 @@ def run_plan(
     arrays = [out.reshape(-1, fb) for out in outs]
     if len(arrays) == 1:
         arrays.append(np.empty((0, fb), np.uint8))
-    failed = _reconstruct_into(
+    failed = k.reconstruct_into(
         plan.src,
         plan.size,
         plan.items,

@@ -35,16 +35,13 @@ from __future__ import annotations
 
 import math
 import struct
+import threading
 import zlib
+from typing import Any
 
 import numpy as np
 
 from distdrq.replay.codec import _from_planes_, _to_planes
-
-try:
-    import numba as _numba
-except ImportError:  # pragma: no cover - numba is a dependency; kept importable without it
-    _numba = None
 
 MAGIC = b"DCM"
 VERSION = 1
@@ -329,15 +326,30 @@ def _make_kernel(decode):
     return kernel
 
 
-if _numba is not None:
-    _jit = _numba.njit(cache=True, nogil=True)
-    _quantise = _jit(_quantise)
-    _shift_low = _numba.njit(cache=True, nogil=True, inline="always")(_shift_low)
-    _bit = _numba.njit(cache=True, nogil=True, inline="always")(_bit)
-    _med = _jit(_med)
-    _predict = _numba.njit(cache=True, nogil=True, inline="always")(_predict)
-    _encode_kernel = _jit(_make_kernel(False))
-    _decode_kernel = _jit(_make_kernel(True))
+_KERNELS: tuple[Any, ...] | None = None
+_KERNELS_LOCK = threading.Lock()
+
+
+def _kernels() -> tuple[Any, ...]:
+    """(encode kernel, decode kernel), jit-compiled on the first call (numba and its LLVM
+    cost a process about 60 MB: a shard that has not snapshotted yet does not pay them);
+    () without numba."""
+    global _KERNELS, _quantise, _shift_low, _bit, _med, _predict
+    if _KERNELS is None:
+        with _KERNELS_LOCK:
+            if _KERNELS is None:
+                try:
+                    import numba
+                except ImportError:  # pragma: no cover - numba is a dependency
+                    _KERNELS = ()
+                    return _KERNELS
+                jit = numba.njit(cache=True, nogil=True)
+                inline = numba.njit(cache=True, nogil=True, inline="always")
+                # the kernels call these by their module names: jitted before they compile
+                _quantise, _med = jit(_quantise), jit(_med)
+                _shift_low, _bit, _predict = inline(_shift_low), inline(_bit), inline(_predict)
+                _KERNELS = (jit(_make_kernel(False)), jit(_make_kernel(True)))
+    return _KERNELS
 
 
 def encode_frames(frames: np.ndarray) -> np.ndarray:
@@ -348,9 +360,9 @@ def encode_frames(frames: np.ndarray) -> np.ndarray:
     nf, nc, h, w = frames.shape
     method, body = METHOD_STORED, frames.reshape(-1)
     modelled = nc <= _CM_MAX_CHANNELS and nc * h * w <= _CM_MAX_FRAME
-    if frames.size and modelled and _numba is not None:
+    if frames.size and modelled and _kernels():
         buf = np.empty(frames.size + 64, np.uint8)
-        n = int(_encode_kernel(_to_planes(frames), buf))
+        n = int(_kernels()[0](_to_planes(frames), buf))
         if n < frames.size:
             method, body = METHOD_CM, buf[:n]
     header = _HEADER.pack(MAGIC, VERSION, method, nf, nc, h, w, zlib.crc32(frames.data))
@@ -408,10 +420,10 @@ def decode_frames(blob: np.ndarray | bytes) -> np.ndarray:
             raise ValueError(
                 f"disk-coded frames claim {pixels} pixels in {body.size} bytes (damaged header)"
             )
-        if _numba is None:  # pragma: no cover
+        if not _kernels():  # pragma: no cover
             raise ValueError("decoding disk-coded frames needs numba (pip install numba)")
         frames = np.zeros(shape, np.uint8)
-        _decode_kernel(frames, body)
+        _kernels()[1](frames, body)
         _from_planes_(frames)
     if zlib.crc32(frames.data) != crc:
         raise ValueError("disk-coded frames are corrupt (checksum of the decoded frames differs)")

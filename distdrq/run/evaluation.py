@@ -5,14 +5,22 @@ Used by ``distdrq train`` between updates and by the evaluator actor of ``distdr
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from distdrq.video import video_due, write_gif
+
+
+def _no_grad() -> Any:
+    """torch's no_grad where torch is loaded (a learner's agent); nothing otherwise (a NumPy
+    policy in an env actor, which never imports torch)."""
+    torch = sys.modules.get("torch")
+    return torch.no_grad() if torch is not None else contextlib.nullcontext()
 
 
 class EvaluationCancelled(Exception):
@@ -48,7 +56,7 @@ def evaluate(
                 raise EvaluationCancelled(f"stopped in episode {episode + 1} of {episodes}")
             if on_step is not None:
                 on_step(episode)
-            with torch.no_grad():
+            with _no_grad():
                 action = agent.act(ts.observation, step, eval_mode=True)
             ts = env.step(action)
             total += ts.reward

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from codec_experiments import ALL_CODECS  # noqa: E402  (shipped and experimental: all decode)
 
 RECONSTRUCTORS = [codec_mod._reconstruct_numpy]
-if codec_mod._reconstruct is not codec_mod._reconstruct_numpy:
-    RECONSTRUCTORS.append(codec_mod._reconstruct)
+if codec_mod._reconstructor() is not codec_mod._reconstruct_numpy:  # numba's kernel
+    RECONSTRUCTORS.append(codec_mod._reconstructor())
 
 
 def moving_frames(n: int, shape: tuple[int, int, int], seed: int) -> np.ndarray:
