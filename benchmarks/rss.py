@@ -25,10 +25,11 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-from distdrq.proctree import descendants
+from distdrq.proctree import alive, descendants
 
 _ROLE = re.compile(r"ray::(?:IDLE|([A-Za-z_]\w*))")
 
@@ -59,6 +60,8 @@ def role_of(cmdline: str) -> str | None:
         if ".__init__" in cmdline:  # its constructor still runs
             return None
         return match.group(1)  # None while IDLE
+    if "default_worker.py" in cmdline:  # a worker not yet titled as an actor
+        return None
     for name in ("gcs_server", "raylet", "dashboard", "log_monitor", "agent", "monitor"):
         if name in cmdline:
             return f"(ray {name})"
@@ -79,6 +82,14 @@ def main() -> None:
     cmd += args.overrides
     env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    lines: list[tuple[float, str]] = []  # (when, line) of the launch's output
+
+    def read() -> None:
+        for raw in proc.stdout:  # type: ignore[union-attr]
+            lines.append((time.monotonic(), raw.decode(errors="replace").rstrip()))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     first: dict[int, tuple[str, float]] = {}
     peak: dict[int, float] = {}
     driver = []
@@ -98,13 +109,21 @@ def main() -> None:
         signalled = time.monotonic()
         proc.send_signal(signal.SIGINT)
         try:
-            output = proc.communicate(timeout=180)[0].decode(errors="replace")
+            proc.wait(timeout=180)
         except subprocess.TimeoutExpired:
             proc.kill()
-            output = proc.communicate()[0].decode(errors="replace")
+            proc.wait()
         stop_seconds = time.monotonic() - signalled
+        reader.join(timeout=10)
+        output = "\n".join(line for _, line in lines)
+        after_signal = [
+            f"+{when - signalled:.1f}s {line}" for when, line in lines if when >= signalled
+        ]
         checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("ckpt_*[0-9].pt"))
-        left = [pid for pid in first if Path(f"/proc/{pid}").exists()]
+        deadline = time.monotonic() + 10  # Ray's processes end a moment after the driver
+        while any(alive(pid) for pid in first) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = [pid for pid in first if alive(pid)]
         shutil.rmtree(run_dir.parent, ignore_errors=True)
     roles: dict[str, dict[str, list[float]]] = {}
     for pid, (role, mb) in first.items():
@@ -125,12 +144,14 @@ def main() -> None:
         "exit_code": proc.returncode,
         "checkpoints": checkpoints,
         "processes_left": len(left),
+        "after_signal": after_signal,
     }
     print(f"{'role':28s} {'first seen MB':>16s} {'largest MB':>16s}")
     for role in sorted(roles):
         r = roles[role]
         print(f"{role:28s} {str(r['first']):>16s} {str(r['peak']):>16s}")
     print(report["last_line"])
+    print("\n".join(after_signal))
     print(
         f"SIGINT to exit: {report['stop_seconds']} s (exit code {proc.returncode}), "
         f"checkpoints {checkpoints}, processes left {len(left)}"
