@@ -6,6 +6,7 @@ not fatal: before, the driver stopped the whole run when a killed shard was snap
 
 import io
 import os
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -51,6 +52,20 @@ class CountingShard:
 class StubLearner:
     def state(self) -> dict:
         return {"updates": 7}
+
+
+def _kill(learner) -> None:
+    """Kill the learner and wait until Ray says so (``ray.kill`` is asynchronous: a call made
+    at once may still be answered)."""
+    ray.kill(learner, no_restart=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            ray.get(learner.state.remote(), timeout=30)
+        except ray.exceptions.RayActorError:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the killed learner still answers")
 
 
 def _driver(tmp_path, shards, learner):
@@ -100,7 +115,7 @@ def test_dead_learner_postpones_or_raises_at_once(ray_cluster, tmp_path):
     (tmp_path / "died-once").touch()  # this shard works
     learner = StubLearner.remote()
     ray.get(learner.state.remote())
-    ray.kill(learner, no_restart=True)
+    _kill(learner)
     driver, out = _driver(tmp_path, [FlakyShard.remote(str(tmp_path / "died-once"))], learner)
     assert driver.checkpoint(SNAP, patience=0.0) is None
     assert "postponed" in out.getvalue()
@@ -121,7 +136,7 @@ def test_healthy_shards_are_not_asked_again_while_another_restarts(ray_cluster, 
 def test_an_actor_down_too_long_ends_the_postponements(ray_cluster, tmp_path, monkeypatch):
     (tmp_path / "died-once").touch()
     learner = StubLearner.remote()
-    ray.kill(learner, no_restart=True)
+    _kill(learner)
     driver, _ = _driver(tmp_path, [FlakyShard.remote(str(tmp_path / "died-once"))], learner)
     assert driver.checkpoint(SNAP, patience=0.0) is None  # first postponement
     monkeypatch.setattr(checkpointing_mod, "FINAL_CHECKPOINT_PATIENCE_S", 0.0)
