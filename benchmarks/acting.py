@@ -11,15 +11,13 @@ OpenBLAS with one thread (as in an env actor).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from report import write_report  # benchmarks/report.py (the script's own directory)
 
 from distdrq.agent import Policy, make_agent
 from distdrq.config import load_config
@@ -75,15 +73,7 @@ def main() -> None:
         print(
             f"{label}: torch {t:.2f} ms/act, numpy {n:.2f} ms/act, eval actions differ by {diff:.1e}"
         )
-    report = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "date": time.strftime("%Y-%m-%d"),
-        "load_average": os.getloadavg(),
-        "results": results,
-    }
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
+    write_report(args.out, results)
 
 
 if __name__ == "__main__":

@@ -16,15 +16,14 @@ median round is reported. Target (issue 11): physics at least 90% of bare.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from report import write_report  # benchmarks/report.py (the script's own directory)
 
 from distdrq.config import EnvConfig, SDPGConfig
 from distdrq.run.groups import GroupRunner
@@ -108,16 +107,7 @@ def main() -> None:
             f"{med['window']:,.0f}/s of window time ({results[task]['window_vs_bare']:.0%})",
             flush=True,
         )
-    report = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor()}",
-        "date": time.strftime("%Y-%m-%d"),
-        "config": vars(args) | {"out": str(args.out)},
-        "load_average": os.getloadavg(),
-        "results": results,
-    }
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))
+    write_report(args.out, results, config=vars(args) | {"out": str(args.out)})
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ An env actor only runs the encoder and the actor on one observation per step. Im
 for that costs a process about 230 MB of its ~600 (torch's libraries, its allocator and thread
 pools), the largest share of an env actor's memory, so the replay flow's env actors and
 evaluator act with this class instead (:mod:`distdrq.distributed.roles`). It computes the same
-function as :class:`distdrq.agent.policy.Policy` in float32 from the same weights (the
-learner publishes them as NumPy arrays: :func:`distdrq.agent.base.policy_weights_numpy`) and
+function as :class:`distdrq.agent.policy.Policy` in float32 from the same weights (a launch's
+learner publishes them as NumPy arrays: ``WeightPublisher`` in :mod:`distdrq.distributed.learner`) and
 follows the same action rules; only the random stream of the exploration noise differs
 (NumPy's generator instead of torch's), not its distribution. ``tests/unit/test_numpy_policy.py``
 pins it to the torch policy for both algorithms and both encoders.

@@ -26,6 +26,8 @@ from typing import Any
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
+from distdrq.video import video_name
+
 EVENTS_GLOB = "events.out.tfevents.*"
 VIDEO_TAG = "eval/video"
 _FLUSH_S = 10.0
@@ -51,7 +53,7 @@ def _gif_size(data: bytes) -> tuple[int, int]:
 
 def video_path(run_dir: Path, frame: int) -> Path:
     """Where an evaluation at ``frame`` leaves its video (:mod:`distdrq.run.evaluation`)."""
-    return run_dir / "videos" / f"eval_{frame:012d}.gif"
+    return run_dir / "videos" / video_name(frame)
 
 
 class EventLog:

@@ -23,6 +23,11 @@ def write_gif(frames: list[np.ndarray], path: str | Path, fps: int = 25) -> Path
     return path
 
 
+def video_name(frame: int) -> str:
+    """The file name of the evaluation video at env frame ``frame`` (in ``RUN_DIR/videos``)."""
+    return f"eval_{frame:012d}.gif"
+
+
 def video_due(evaluation_index: int, every: int) -> bool:
     """True for the evaluations to record: the first, then every ``every``-th (0: never)."""
     return every > 0 and evaluation_index % every == 0

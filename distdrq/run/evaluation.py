@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from distdrq.video import video_due, write_gif
+from distdrq.video import video_due, video_name, write_gif
 
 
 def _no_grad() -> Any:
@@ -90,7 +90,7 @@ def evaluate_and_record(
         frames = []
     result = evaluate(agent, env, episodes, step, frames, cancelled, on_step)
     if frames:
-        write_gif(frames, Path(video_dir) / f"eval_{frame:012d}.gif")  # type: ignore[arg-type]
+        write_gif(frames, Path(video_dir) / video_name(frame))  # type: ignore[arg-type]
     return result
 
 
