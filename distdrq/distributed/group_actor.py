@@ -1,5 +1,8 @@
 """SDPG's env actor (flow 2 of DESIGN.md): a :class:`~distdrq.run.groups.GroupRunner` owning
-this actor's share of the groups, run one window at a time when the learner asks.
+this actor's share of the groups, run one window at a time when the learner asks: its
+nominals (:meth:`GroupActor.run_nominals`), then whichever clone jobs of any actor's groups the
+learner hands it (:meth:`GroupActor.run_clones`), so that a slow actor holds an iteration only
+for its nominals and its last clone job.
 
 The actor has no loop of its own: the SDPG learner calls :meth:`GroupActor.run_window` once
 per iteration with that iteration's weights (one ``ray.put`` object, which Ray resolves in
@@ -23,7 +26,7 @@ import torch
 
 from distdrq.config import Config
 from distdrq.distributed.env_actor import pin_threads
-from distdrq.run.groups import GroupRunner, WindowResult
+from distdrq.run.groups import CloneJob, CloneResult, GroupRunner, WindowResult
 
 STOP_POLL_S = 1.0
 """How often a waiting :meth:`GroupActor.run` asks the coordinator whether the run stops."""
@@ -56,8 +59,30 @@ class GroupActor:
         self._codec = cfg.replay.codec
 
     def run_window(self, weights: dict[str, torch.Tensor], version: int) -> WindowResult:
-        """One window of this actor's groups acting with ``weights`` (version ``version``)."""
+        """One window of this actor's groups acting with ``weights`` (version ``version``),
+        clones included."""
         return self._thread.submit(self._window, weights, version).result()
+
+    def run_nominals(
+        self, weights: dict[str, torch.Tensor], version: int
+    ) -> tuple[WindowResult, list[CloneJob]]:
+        """Phase 1 of a window: this actor's nominals only (frames coded), and the clone jobs
+        of its groups, which the learner spreads over every actor (:meth:`run_clones`)."""
+        return self._thread.submit(self._nominals, weights, version).result()
+
+    def run_clones(self, jobs: list[CloneJob]) -> list[CloneResult]:
+        """Phase 2: step these clone jobs (any actor's groups) on this actor's worker physics."""
+        return self._thread.submit(self.runner.run_clones, jobs).result()
+
+    def _nominals(
+        self, weights: dict[str, torch.Tensor], version: int
+    ) -> tuple[WindowResult, list[CloneJob]]:
+        self.runner.set_weights(weights, version)
+        part, jobs = self.runner.run_nominals()
+        start = time.perf_counter()
+        coded = part.coded(self._codec)
+        coded.seconds["encode"] = time.perf_counter() - start
+        return coded, jobs
 
     def _window(self, weights: dict[str, torch.Tensor], version: int) -> WindowResult:
         self.runner.set_weights(weights, version)

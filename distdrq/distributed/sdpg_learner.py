@@ -1,14 +1,19 @@
 """SDPG's learner actor (flow 2 of DESIGN.md): it drives synchronous iterations.
 
 One iteration: the newest policy weights v_k (one ``ray.put`` object, also published to the
-coordinator) go to every :class:`~distdrq.distributed.group_actor.GroupActor`, each runs one
-window of its groups and returns a :class:`~distdrq.run.groups.WindowResult` straight to this
-actor (the driver never sees them), :meth:`~distdrq.agent.sdpg.SDPGAgent.learn` makes one
+coordinator) go to every :class:`~distdrq.distributed.group_actor.GroupActor`, each steps its
+nominals through one window and returns their part of a
+:class:`~distdrq.run.groups.WindowResult` and its groups' clone jobs straight to this actor (the
+driver never sees them); the clone jobs, cut into pieces, go to whichever actor is free (work
+sharing: a slow or busy actor holds the iteration for one piece, not for all its groups'
+clones); the pieces come back and :func:`~distdrq.run.groups.merge_clones` completes each
+window (bit for bit the lockstep one); :meth:`~distdrq.agent.sdpg.SDPGAgent.learn` makes one
 step, the weights v_k+1 are published and the iteration's counts (updates = iterations,
 nominal frames and steps, finished nominal episodes) go to the coordinator, whose reply says
 whether to stop.
 
-A dead env actor's window is **re-run** on its new incarnation with the same weights v_k,
+A dead env actor's nominal window is **re-run** on its new incarnation (a clone piece it held
+goes to the next free actor) with the same weights v_k,
 rather than the iteration proceeding without its groups: every transition of iteration k then
 still comes from v_k, every iteration learns from all N groups (the critic's batch, the actor
 regression's batch and the statistics do not shrink at random), and a window is seconds of
@@ -18,9 +23,11 @@ work. The re-runs are counted (``window_reruns``); an actor that stays down
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import ray
@@ -29,13 +36,17 @@ import torch
 from distdrq.agent import make_agent
 from distdrq.checkpoint import to_cpu
 from distdrq.config import Config
+from distdrq.distributed import crash_tracebacks
 from distdrq.distributed.learner import continued
 from distdrq.distributed.messages import IterationReport, LearnerReply, LearnerReport
 from distdrq.envs.clones import NominalEnv
-from distdrq.run.groups import WindowResult
+from distdrq.run.groups import CloneJob, CloneResult, WindowResult, merge_clones
 
 RERUN_PATIENCE_S = 300.0
 """How long an iteration waits for a dead env actor's new incarnation to run its window."""
+CLONE_JOBS_PER_ACTOR = 4
+"""Phase 2 cuts the clones into about this many jobs per env actor: finer jobs balance a slow
+actor better, each costs a Ray call (about a millisecond)."""
 LOOKUP_PATIENCE_S = 60.0
 """How long the learner waits for the env actors' names to be registered."""
 
@@ -57,7 +68,8 @@ class SDPGLearner:
         state: dict[str, Any] | None = None,
         cpu_threads: int = 1,
     ) -> None:
-        torch.set_num_threads(max(1, cpu_threads))
+        crash_tracebacks()
+        torch.set_num_threads(cpu_threads if cpu_threads > 0 else os.cpu_count() or 1)
         self.cfg = cfg
         self.run_name = run_name
         self._coord = ray.get_actor(f"{run_name}-coordinator")
@@ -76,6 +88,8 @@ class SDPGLearner:
         self._report_lock = threading.Lock()
         self._metrics_now: dict[str, float] = {}
         self.reruns = 0
+        self.clone_jobs: list[int] = []
+        """clone jobs each env actor stepped in the last iteration"""
         self._weights = self._publish()
 
     def _publish(self) -> Any:
@@ -102,17 +116,26 @@ class SDPGLearner:
         return made
 
     def iteration(self, actors: list[Any]) -> LearnerReply:
-        """One synchronous iteration over every env actor's groups; the coordinator's reply."""
+        """One synchronous iteration over every env actor's groups; the coordinator's reply.
+
+        Phase 1: every actor steps its nominals; phase 2: their clone jobs, cut into about
+        ``CLONE_JOBS_PER_ACTOR`` pieces per actor, go to whichever actor is free (a slow actor
+        holds the iteration for one piece, not for all its clones)."""
         start = time.perf_counter()
         weights, version = self._weights, self.version
-        refs = [actor.run_window.remote(weights, version) for actor in actors]
-        coded = [
-            self._window(actor, ref, weights, version)
+        refs = [actor.run_nominals.remote(weights, version) for actor in actors]
+        parts = [
+            self._nominals(actor, ref, weights, version)
             for actor, ref in zip(actors, refs, strict=True)
         ]
+        nominals = time.perf_counter()
+        clones, busy = self._clones(actors, [jobs for _, jobs in parts])
         gathered = time.perf_counter()
-        results = [result.decoded() for result in coded]  # pixels: frames came coded
+        coded = [part for part, _ in parts]
+        decoded_parts = [part.decoded() for part in coded]  # pixels: frames came coded
         decoded = time.perf_counter()
+        p = self.cfg.sdpg.clones
+        results = [merge_clones(part, c, p) for part, c in zip(decoded_parts, clones, strict=True)]
         with self._lock:
             metrics = self.agent.learn(results)
             self.updates += 1
@@ -124,27 +147,79 @@ class SDPGLearner:
             self._weights = self._publish()
         learned = time.perf_counter()
         seconds = {"window_s": gathered - start, "decode_s": decoded - gathered}
+        seconds["nominals_s"] = nominals - start
+        seconds["clones_s"] = gathered - nominals
         seconds["learner_s"] = learned - decoded
         seconds["iteration_s"] = time.perf_counter() - start
+        work = [
+            sum(part.seconds.get(k, 0.0) for k in _SPLIT) + busy[i] for i, part in enumerate(coded)
+        ]
+        clone_bytes = sum(_clone_bytes(c) for per_part in clones for c in per_part)
         with self._report_lock:
-            self._metrics_now = metrics | seconds | self._window_metrics(coded, seconds)
+            self._metrics_now = (
+                metrics | seconds | self._window_metrics(results, coded, seconds, work, clone_bytes)
+            )
         return reply
 
-    def _window(self, actor: Any, ref: Any, weights: Any, version: int) -> WindowResult:
-        """The actor's window; if the actor died, the same window again on its new
-        incarnation (see the module docstring)."""
+    def _nominals(
+        self, actor: Any, ref: Any, weights: Any, version: int
+    ) -> tuple[WindowResult, list[CloneJob]]:
+        """The actor's nominal window and clone jobs; if the actor died, the same window again
+        on its new incarnation (see the module docstring)."""
         deadline = time.monotonic() + RERUN_PATIENCE_S
         while True:
             try:
                 return ray.get(ref)
             except ray.exceptions.RayActorError:
-                if time.monotonic() > deadline:
-                    raise
-                if ray.get(self._coord.should_stop.remote()):
-                    raise _Stopped from None
-            time.sleep(0.5)
+                self._down(deadline)
             self.reruns += 1
-            ref = actor.run_window.remote(weights, version)
+            ref = actor.run_nominals.remote(weights, version)
+
+    def _down(self, deadline: float) -> None:
+        """An actor call failed: raise if the run stops or the patience is spent, else pause."""
+        if time.monotonic() > deadline:
+            raise
+        if ray.get(self._coord.should_stop.remote()):
+            raise _Stopped from None
+        time.sleep(0.5)
+
+    def _clones(
+        self, actors: list[Any], jobs: list[list[CloneJob]]
+    ) -> tuple[list[list[CloneResult]], list[float]]:
+        """Every clone job, in pieces, each to the next free actor; per part (actor of phase
+        1) its groups' clone results, and per actor the seconds it stepped clones. A piece
+        whose actor died goes to another (or to that one's new incarnation)."""
+        total = sum(job.clones for per in jobs for job in per)
+        size = max(1, math.ceil(total / (CLONE_JOBS_PER_ACTOR * len(actors))))
+        self.clone_jobs = [0] * len(actors)
+        queue = deque(
+            (i, piece) for i, per in enumerate(jobs) for job in per for piece in job.split(size)
+        )
+        results: list[list[CloneResult]] = [[] for _ in jobs]
+        busy = [0.0] * len(actors)
+        free = deque(range(len(actors)))
+        running: dict[Any, tuple[int, tuple[int, CloneJob]]] = {}
+        deadline = time.monotonic() + RERUN_PATIENCE_S
+        while queue or running:
+            while queue and free:
+                a = free.popleft()
+                unit = queue.popleft()
+                running[actors[a].run_clones.remote([unit[1]])] = (a, unit)
+            done, _ = ray.wait(list(running), num_returns=1)
+            a, unit = running.pop(done[0])
+            try:
+                (result,) = ray.get(done[0])
+            except ray.exceptions.RayActorError:
+                self.reruns += 1
+                queue.appendleft(unit)  # another actor takes it; this one after its restart
+                self._down(deadline)
+                free.append(a)
+                continue
+            results[unit[0]].append(result)
+            busy[a] += result.seconds
+            self.clone_jobs[a] += 1
+            free.append(a)
+        return results, busy
 
     def _counts(self, results: list[WindowResult]) -> IterationReport:
         nominals = sum(len(r.group_ids) for r in results)
@@ -154,15 +229,19 @@ class SDPGLearner:
         return IterationReport(self.updates, frames, steps, returns)
 
     def _window_metrics(
-        self, results: list[WindowResult], seconds: dict[str, float]
+        self,
+        results: list[WindowResult],
+        parts: list[WindowResult],
+        seconds: dict[str, float],
+        work: list[float],
+        clone_bytes: int,
     ) -> dict[str, float]:
-        """The actors' time split (summed over actors), the wait beyond the slowest actor's
-        work (transfer and scheduling), bytes, re-runs."""
+        """The actors' time split (summed over actors; clone physics in ``physics_s``), the
+        wait beyond the busiest actor's work (transfer and scheduling), bytes, re-runs."""
         split = {f"{k}_s": sum(r.seconds.get(k, 0.0) for r in results) for k in _SPLIT}
-        slowest = max(sum(r.seconds.get(k, 0.0) for k in _SPLIT) for r in results)
         return split | {
-            "transfer_s": max(0.0, seconds["window_s"] - slowest),
-            "window_bytes": float(sum(r.nbytes for r in results)),
+            "transfer_s": max(0.0, seconds["window_s"] - max(work)),
+            "window_bytes": float(sum(p.nbytes for p in parts) + clone_bytes),
             "window_reruns": float(self.reruns),
             "updates": float(self.updates),
         }
@@ -203,6 +282,11 @@ class SDPGLearner:
 
 
 _SPLIT = ("physics", "render", "policy", "encode")
+
+
+def _clone_bytes(result: CloneResult) -> int:
+    arrays = (result.states, result.rewards, result.terminated, result.dones)
+    return sum(a.nbytes for a in arrays) + sum(state.nbytes for _, _, state in result.resets)
 
 
 def critic_state_dim(cfg: Config) -> int:

@@ -131,9 +131,10 @@ class TaskPhysics:
 
         self._physics_error = PhysicsError
 
-    def copy(self, env: Any) -> TaskPhysics:
-        """A clone: a new Physics sharing this one's model, stepped by the same rules."""
-        clone = TaskPhysics(env, self.action_repeat, self.physics.copy(share_model=True))
+    def copy(self, env: Any, share_model: bool = True) -> TaskPhysics:
+        """A clone: a new Physics (sharing this one's model unless ``share_model`` is False:
+        restoring a state writes the task's model fields), stepped by the same rules."""
+        clone = TaskPhysics(env, self.action_repeat, self.physics.copy(share_model=share_model))
         clone.restore(self.capture())
         return clone
 
@@ -258,9 +259,11 @@ class NominalEnv:
         """This nominal's physics state, for its clones."""
         return self.physics_stepper.capture()
 
-    def make_clone(self) -> TaskPhysics:
-        """A physics-only clone of this nominal (sharing its model), at its current state."""
-        return self.physics_stepper.copy(self._env)
+    def make_clone(self, share_model: bool = True) -> TaskPhysics:
+        """A physics-only clone of this nominal at its current state, sharing its model
+        unless ``share_model`` is False (a clone that restores other states than this
+        nominal's current one must not: restoring writes the task's model fields)."""
+        return self.physics_stepper.copy(self._env, share_model)
 
     def close(self) -> None:
         """Free the renderer and the physics."""

@@ -13,6 +13,14 @@ One window of H agent steps (shared/reference/SDPG.md section 2.11, steps 1-2):
    state (marked done).
 
 Nominal episodes continue across windows; clones restart from their nominal at every window.
+
+A window runs in two phases, so that clone work can be spread over processes:
+:meth:`GroupRunner.run_nominals` steps the nominals alone (policy, rendering) and records
+what the clones need (:class:`CloneJob`: the window's start state, the nominal's state after
+every step, its resets, means and noise); :func:`run_clone_job` steps clones from such a job
+on any runner's worker physics (clones are open-loop: they only follow the nominal's means),
+and :func:`merge_clones` puts the pieces together. The result is bit for bit the window of
+stepping everything in lockstep, as :meth:`GroupRunner.run_window` does in one process.
 No Ray and no learning here: ``distdrq train`` calls a runner in process, and ``distdrq
 launch``'s group actors (:mod:`distdrq.distributed.group_actor`) call runners remotely and
 hand the results to the same learner step (:meth:`distdrq.agent.sdpg.SDPGAgent.learn`).
@@ -21,7 +29,7 @@ hand the results to the same learner step (:meth:`distdrq.agent.sdpg.SDPGAgent.l
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -31,7 +39,6 @@ import torch
 from distdrq.agent.sdpg_networks import SDPGPolicy
 from distdrq.config import EnvConfig, SDPGConfig
 from distdrq.envs.clones import NominalEnv, PhysicsState, StepResult, TaskPhysics
-from distdrq.types import TimeStep
 
 if TYPE_CHECKING:
     from distdrq.replay.codec import EncodedFrames
@@ -177,6 +184,156 @@ _ARRAYS = (
 
 
 @dataclass
+class CloneJob:
+    """What stepping clones ``first .. first + n - 1`` of one group over a window needs."""
+
+    group: int
+    """the group's index in its window (0 .. G - 1)"""
+    first: int
+    """index of the first of these clones among the group's P clones"""
+    start: PhysicsState
+    """the nominal at the window's start"""
+    after: list[PhysicsState]
+    """[H]: the nominal after step t (after its reset, if the step ended its episode)"""
+    nominal_done: np.ndarray
+    """bool [H]: the nominal's episode ended at step t (every clone becomes its new state)"""
+    nominal_states: np.ndarray
+    """float32 [H + 1, d]: the nominal's state vectors (states[g, 0])"""
+    means: np.ndarray
+    """float32 [H, A]"""
+    noise: np.ndarray
+    """float32 [n, H, A]: these clones' epsilon"""
+    log_std: np.ndarray
+    """float32 [A]"""
+    mean_bound: float
+
+    @property
+    def clones(self) -> int:
+        """n"""
+        return len(self.noise)
+
+    def split(self, size: int) -> list[CloneJob]:
+        """This job as jobs of at most ``size`` clones each."""
+        size = max(1, size)
+        return [
+            replace(self, first=self.first + k, noise=self.noise[k : k + size])
+            for k in range(0, self.clones, size)
+        ]
+
+
+@dataclass
+class CloneResult:
+    """Clones ``first ..`` of group ``group`` over one window (see :class:`WindowResult`)."""
+
+    group: int
+    first: int
+    states: np.ndarray
+    """float32 [n, H + 1, d]"""
+    rewards: np.ndarray
+    """float32 [n, H]"""
+    terminated: np.ndarray
+    """bool [n, H]"""
+    dones: np.ndarray
+    """bool [n, H]"""
+    resets: list[tuple[int, int, np.ndarray]]
+    """(clone k of these, step t, post-step pre-reset state) of every done step"""
+    seconds: float = 0.0
+    """physics time"""
+
+
+def run_clone_job(
+    job: CloneJob,
+    physics: TaskPhysics,
+    step: Callable[[TaskPhysics, CloneJob, int, int, np.ndarray], StepResult] | None = None,
+) -> CloneResult:
+    """Step the job's clones one after another on ``physics`` (a clone that shares no model
+    with a nominal: restoring writes the task's model fields). A clone acts with
+    tanh(clamp(mu_t + eps_t * sigma, +-bound)); when the nominal's episode ended at t, or the
+    clone's own did (a physics error), the clone becomes the nominal's state after t. ``step``
+    (tests) replaces ``physics.step`` as ``step(physics, job, k, t, action)``."""
+    start = time.perf_counter()
+    n, h = job.clones, len(job.means)
+    d = job.nominal_states.shape[1]
+    out = CloneResult(
+        job.group,
+        job.first,
+        states=np.empty((n, h + 1, d), np.float32),
+        rewards=np.zeros((n, h), np.float32),
+        terminated=np.zeros((n, h), bool),
+        dones=np.zeros((n, h), bool),
+        resets=[],
+    )
+    sigma = np.exp(job.log_std)
+    bound = job.mean_bound
+    for k in range(n):
+        physics.restore(job.start)
+        out.states[k, 0] = job.nominal_states[0]
+        for t in range(h):
+            action = np.tanh(np.clip(job.means[t] + job.noise[k, t] * sigma, -bound, bound))
+            result = physics.step(action) if step is None else step(physics, job, k, t, action)
+            out.rewards[k, t] = result.reward
+            out.terminated[k, t] = result.terminated
+            if job.nominal_done[t] or result.done:
+                pre = np.zeros(d, np.float32) if result.terminated else physics.observation()
+                out.resets.append((k, t, pre))
+                out.dones[k, t] = True
+                physics.restore(job.after[t])
+                out.states[k, t + 1] = job.nominal_states[t + 1]
+            else:
+                out.states[k, t + 1] = physics.observation()
+    out.seconds = time.perf_counter() - start
+    return out
+
+
+def merge_clones(part: WindowResult, clones: Sequence[CloneResult], count: int) -> WindowResult:
+    """The whole window: ``part`` (the nominals' window of :meth:`GroupRunner.run_nominals`,
+    M = 1) with the results of every clone of its groups (``count`` per group) filled in;
+    ValueError if a clone is missing or given twice."""
+    g_count, _, h1, d = part.states.shape
+    m = count + 1
+    states = np.empty((g_count, m, h1, d), np.float32)
+    rewards = np.zeros((g_count, m, h1 - 1), np.float32)
+    terminated = np.zeros((g_count, m, h1 - 1), bool)
+    dones = np.zeros((g_count, m, h1 - 1), bool)
+    seen = np.zeros((g_count, m), bool)
+    seen[:, 0] = True
+    for array, source in ((states, part.states), (rewards, part.rewards)):
+        array[:, :1] = source
+    terminated[:, :1], dones[:, :1] = part.terminated, part.dones
+    resets = [
+        (*map(int, index), state)
+        for index, state in zip(part.reset_index, part.reset_states, strict=True)
+    ]
+    physics = 0.0
+    for c in clones:
+        rows = slice(1 + c.first, 1 + c.first + len(c.states))
+        if seen[c.group, rows].any() or rows.stop > m:
+            raise ValueError(f"clones {rows.start - 1}.. of group {c.group} given twice or unknown")
+        seen[c.group, rows] = True
+        states[c.group, rows] = c.states
+        rewards[c.group, rows] = c.rewards
+        terminated[c.group, rows] = c.terminated
+        dones[c.group, rows] = c.dones
+        resets.extend((c.group, 1 + c.first + k, t, state) for k, t, state in c.resets)
+        physics += c.seconds
+    if not seen.all():
+        raise ValueError(f"{int((~seen).sum())} clones of this window have no result")
+    resets.sort(key=lambda r: (r[2], r[0], r[1]))  # the order stepping in lockstep gives
+    seconds = dict(part.seconds)
+    seconds["physics"] = seconds.get("physics", 0.0) + physics
+    return replace(
+        part,
+        states=states,
+        rewards=rewards,
+        terminated=terminated,
+        dones=dones,
+        reset_index=np.array([r[:3] for r in resets], np.int64).reshape(-1, 3),
+        reset_states=np.array([r[3] for r in resets], np.float32).reshape(-1, d),
+        seconds=seconds,
+    )
+
+
+@dataclass
 class _Window:
     """The arrays of the window being run."""
 
@@ -194,7 +351,9 @@ class _Window:
 
 class GroupRunner:
     """Owns G groups: G nominals (:class:`~distdrq.envs.clones.NominalEnv`, seeded
-    ``seed + group id``) and ``cfg.clones`` physics clones of each; acts with an
+    ``seed + group id``); their ``cfg.clones`` clones each are stepped on one worker physics
+    (:attr:`worker`, a copy of the task's physics with a model of its own), here or on another
+    runner of the same task (:func:`run_clone_job`). Acts with an
     :class:`~distdrq.agent.sdpg_networks.SDPGPolicy` loaded by :meth:`set_weights`.
 
     Noise comes from a generator seeded with (``seed``, first group id), so a run is
@@ -210,9 +369,7 @@ class GroupRunner:
         self.nominals = [NominalEnv(env_cfg, seed + int(g), self.pixels) for g in group_ids]
         first = self.nominals[0]
         self.horizon = window_length(cfg, first.agent_step_seconds)
-        self.clones: list[list[TaskPhysics]] = [
-            [nominal.make_clone() for _ in range(cfg.clones)] for nominal in self.nominals
-        ]
+        self.worker: TaskPhysics = first.make_clone(share_model=False)
         self.policy = SDPGPolicy(
             first.obs_shape,
             first.action_dim,
@@ -225,6 +382,8 @@ class GroupRunner:
         self._episode_return = np.zeros(len(self.nominals))
         self._episode_length = np.zeros(len(self.nominals), np.int64)
         self._seconds = {"physics": 0.0, "render": 0.0, "policy": 0.0}
+        self.step_clone: Callable[..., StepResult] | None = None
+        """tests: replaces the worker's step (see :func:`run_clone_job`)"""
 
     @property
     def state_dim(self) -> int:
@@ -236,43 +395,71 @@ class GroupRunner:
         self.policy.load(state, version)
 
     def run_window(self) -> WindowResult:
-        """Run one window with the current weights (see the module docstring)."""
+        """Run one window with the current weights, clones included (see the module
+        docstring)."""
+        part, jobs = self.run_nominals()
+        return merge_clones(part, self.run_clones(jobs), self.cfg.clones)
+
+    def run_clones(self, jobs: Sequence[CloneJob]) -> list[CloneResult]:
+        """Step these clone jobs (this runner's or another's of the same task) on the worker."""
+        return [run_clone_job(job, self.worker, self.step_clone) for job in jobs]
+
+    def run_nominals(self) -> tuple[WindowResult, list[CloneJob]]:
+        """Step the nominals through one window: their window (M = 1: the nominals' rows
+        only) and one :class:`CloneJob` per group for all its clones."""
         self._seconds = dict.fromkeys(self._seconds, 0.0)
         for nominal in self.nominals:
             nominal.render_seconds = 0.0
         first_stack = self._stacks() if self.pixels else None
-        win = self._start_window()
+        win, starts = self._start_window()
+        after: list[list[PhysicsState]] = [[] for _ in self.nominals]
+        log_std = np.zeros(self.nominals[0].action_dim, np.float32)
         for t in range(self.horizon):
             means, log_std = self._act(win, t)
             for g in range(len(self.nominals)):
-                self._step_group(win, g, t, means[g], log_std)
-        return self._result(win, first_stack, log_std)
+                after[g].append(self._step_nominal(win, g, t, means[g]))
+        part = self._result(win, first_stack, log_std)
+        jobs = [
+            CloneJob(
+                group=g,
+                first=0,
+                start=starts[g],
+                after=after[g],
+                nominal_done=win.dones[g, 0].copy(),
+                nominal_states=win.states[g, 0].copy(),
+                means=win.means[g],
+                noise=win.noise[g],
+                log_std=part.log_std,
+                mean_bound=self.cfg.mean_bound,
+            )
+            for g in range(len(self.nominals))
+        ]
+        return part, jobs
 
     # -- one window ---------------------------------------------------------------------------
 
-    def _start_window(self) -> _Window:
+    def _start_window(self) -> tuple[_Window, list[PhysicsState]]:
         g_count, p, h = len(self.nominals), self.cfg.clones, self.horizon
         d, a = self.state_dim, self.nominals[0].action_dim
         frames = None
         if self.pixels:
             frames = np.empty((g_count, h, *self.nominals[0].frame_shape), np.uint8)
         win = _Window(
-            states=np.empty((g_count, p + 1, h + 1, d), np.float32),
-            rewards=np.zeros((g_count, p + 1, h), np.float32),
-            terminated=np.zeros((g_count, p + 1, h), bool),
-            dones=np.zeros((g_count, p + 1, h), bool),
+            states=np.empty((g_count, 1, h + 1, d), np.float32),
+            rewards=np.zeros((g_count, 1, h), np.float32),
+            terminated=np.zeros((g_count, 1, h), bool),
+            dones=np.zeros((g_count, 1, h), bool),
             means=np.empty((g_count, h, a), np.float32),
             noise=np.empty((g_count, p, h, a), np.float32),
             frames=frames,
         )
         start = time.perf_counter()
+        starts = []
         for g, nominal in enumerate(self.nominals):
-            state = nominal.capture()
-            for clone in self.clones[g]:
-                clone.restore(state)
-            win.states[g, :, 0] = nominal.state()
+            starts.append(nominal.capture())
+            win.states[g, 0, 0] = nominal.state()
         self._seconds["physics"] += time.perf_counter() - start
-        return win
+        return win, starts
 
     def _act(self, win: _Window, t: int) -> tuple[np.ndarray, np.ndarray]:
         start = time.perf_counter()
@@ -282,77 +469,32 @@ class GroupRunner:
         self._seconds["policy"] += time.perf_counter() - start
         return means, log_std
 
-    def _step_group(
-        self, win: _Window, g: int, t: int, mean: np.ndarray, log_std: np.ndarray
-    ) -> None:
+    def _step_nominal(self, win: _Window, g: int, t: int, mean: np.ndarray) -> PhysicsState:
+        """Step nominal g with tanh(mean); its state after the step (after its reset if the
+        step ended its episode), which clones that must follow it become."""
         start = time.perf_counter()
-        nominal, clones = self.nominals[g], self.clones[g]
-        bound = self.cfg.mean_bound
-        actions = np.clip(mean + win.noise[g, :, t] * np.exp(log_std), -bound, bound)
+        nominal = self.nominals[g]
         ts = nominal.step(np.tanh(mean))
-        results = [nominal.last_result] + [
-            c.step(np.tanh(u)) for c, u in zip(clones, actions, strict=True)
-        ]
-        for m, result in enumerate(results):
-            win.rewards[g, m, t] = result.reward
-            win.terminated[g, m, t] = result.terminated
-        after = nominal.state() if not results[0].terminated else None
-        self._episode_return[g] += results[0].reward
+        result = nominal.last_result
+        win.rewards[g, 0, t] = result.reward
+        win.terminated[g, 0, t] = result.terminated
+        self._episode_return[g] += result.reward
         self._episode_length[g] += 1
-        if results[0].done:
-            ts = self._reset_group(win, g, t, results, after)
-        else:
-            self._resync_clones(win, g, t, results, after)
+        if result.done:
+            pre = np.zeros(self.state_dim, np.float32) if result.terminated else nominal.state()
+            win.resets.append((g, 0, t, pre))
+            win.dones[g, 0, t] = True
+            win.returns.append(float(self._episode_return[g]))
+            win.lengths.append(int(self._episode_length[g]))
+            self._episode_return[g], self._episode_length[g] = 0.0, 0
+            ts = nominal.reset()
+        win.states[g, 0, t + 1] = nominal.state()
+        state = nominal.capture()
         self._obs[g] = ts.observation
         if win.frames is not None:
             win.frames[g, t] = ts.frame
         self._seconds["physics"] += time.perf_counter() - start
-
-    def _pre_reset_state(
-        self, g: int, m: int, result: StepResult, after: np.ndarray | None
-    ) -> np.ndarray:
-        if result.terminated:
-            return np.zeros(self.state_dim, np.float32)
-        return after if m == 0 else self.clones[g][m - 1].observation()  # type: ignore[return-value]
-
-    def _reset_group(
-        self,
-        win: _Window,
-        g: int,
-        t: int,
-        results: list[StepResult],
-        after: np.ndarray | None,
-    ) -> TimeStep:
-        """The nominal's episode ended: record it, reset it, and every clone becomes it."""
-        for m, result in enumerate(results):
-            win.resets.append((g, m, t, self._pre_reset_state(g, m, result, after)))
-        win.dones[g, :, t] = True
-        win.returns.append(float(self._episode_return[g]))
-        win.lengths.append(int(self._episode_length[g]))
-        self._episode_return[g], self._episode_length[g] = 0.0, 0
-        ts = self.nominals[g].reset()
-        state = self.nominals[g].capture()
-        for clone in self.clones[g]:
-            clone.restore(state)
-        win.states[g, :, t + 1] = self.nominals[g].state()
-        return ts
-
-    def _resync_clones(
-        self, win: _Window, g: int, t: int, results: list[StepResult], after: np.ndarray
-    ) -> None:
-        """The nominal goes on; a clone whose episode ended becomes the nominal's state."""
-        win.states[g, 0, t + 1] = after
-        state: PhysicsState | None = None
-        for m, result in enumerate(results[1:], start=1):
-            if not result.done:
-                win.states[g, m, t + 1] = self.clones[g][m - 1].observation()
-                continue
-            win.resets.append((g, m, t, self._pre_reset_state(g, m, result, after)))
-            win.dones[g, m, t] = True
-            if state is None:
-                state = self.nominals[g].capture()
-            self.clones[g][m - 1].restore(state)
-            win.states[g, m, t + 1] = after
+        return state
 
     def _stacks(self) -> np.ndarray:
         frame_shape = self.nominals[0].frame_shape
@@ -390,3 +532,4 @@ class GroupRunner:
         """Free the envs."""
         for nominal in self.nominals:
             nominal.close()
+        self.worker.physics.free()

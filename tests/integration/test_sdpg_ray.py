@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from distdrq.config import load_config  # noqa: E402
 from distdrq.distributed.coordinator import Coordinator  # noqa: E402
 from distdrq.distributed.group_actor import GroupActor, group_share  # noqa: E402
 from distdrq.distributed.sdpg_learner import SDPGLearner  # noqa: E402
-from distdrq.run.groups import GroupRunner  # noqa: E402
+from distdrq.run.groups import GroupRunner, merge_clones  # noqa: E402
 
 TINY = [
     "agent.algo=sdpg",
@@ -142,5 +143,50 @@ def test_pixel_actor_iteration(local_ray):
         raw_frames = 2 * (3 + 4) * 3 * 84 * 84  # groups x (stack + window) x frame bytes
         assert metrics["window_bytes"] < raw_frames / 2
         assert ray.get(coord.snapshot.remote()).counters.updates == 2
+    finally:
+        _stop(coord, envs)
+
+
+def _slow_group_actor(delay: float):
+    """A GroupActor whose clone jobs take ``delay`` s more (a busy or slow machine); made in a
+    function so that Ray ships the class by value."""
+
+    class SlowGroupActor(GroupActor):
+        def run_clones(self, jobs):
+            time.sleep(delay)
+            return super().run_clones(jobs)
+
+    return SlowGroupActor
+
+
+def test_a_slow_actor_gets_fewer_clone_jobs_and_the_window_is_the_same(local_ray):
+    """Work sharing: clone jobs go to whichever actor is free, so the fast actor steps most
+    of them; the merged windows equal the in-process ones bit for bit."""
+    cfg = load_config("cheetah_run", overrides=[*TINY, "sdpg.clones=4", "distributed.actors=2"])
+    name = "sdpg-slow"
+    coord = ray.remote(Coordinator).options(name=f"{name}-coordinator").remote(name)
+    options = {"max_restarts": -1, "max_concurrency": 3, "num_cpus": 0}
+    classes = [GroupActor, _slow_group_actor(0.5)]
+    envs = [
+        ray.remote(cls).options(name=f"{name}-env-{i}", **options).remote(i, cfg, name, 0)
+        for i, cls in enumerate(classes)
+    ]
+    try:
+        learner = SDPGLearner(cfg, (17,), 6, name)
+        runners = [GroupRunner(cfg.env, cfg.sdpg, [g], cfg.train.seed) for g in range(2)]
+        weights = learner.agent.policy_state_dict()
+        for runner in runners:
+            runner.set_weights(weights, 0)
+        parts = [ray.get(e.run_nominals.remote(learner._weights, 0)) for e in envs]
+        clones, _ = learner._clones(envs, [jobs for _, jobs in parts])
+        assert sum(learner.clone_jobs) == 8 and learner.clone_jobs[0] > learner.clone_jobs[1]
+        for runner, (part, _), pieces in zip(runners, parts, clones, strict=True):
+            local = runner.run_window()
+            merged = merge_clones(part, pieces, cfg.sdpg.clones)
+            for field in ("states", "rewards", "dones", "reset_index", "noise", "means"):
+                np.testing.assert_array_equal(getattr(local, field), getattr(merged, field))
+            runner.close()
+        learner.iteration(envs)  # and a whole iteration through both phases
+        assert learner.take_report().metrics["clones_s"] > 0
     finally:
         _stop(coord, envs)

@@ -102,17 +102,13 @@ def test_episode_end_resets_the_group_and_frames_rebuild_the_stacks():
 def test_a_clone_that_fails_is_resynced_to_its_nominal():
     runner, cfg = _runner()
     runner.set_weights(_agent(runner, cfg).policy_state_dict(), 0)
-    broken = runner.clones[1][1]  # group 1, env m = 2
-    step = broken.step
-    calls = []
 
-    def failing(action):
-        calls.append(1)
-        if len(calls) == 4:
-            broken.physics.data.qvel[:] = np.nan
-        return step(action)
+    def failing(physics, job, k, t, action):  # group 1, clone 1 (env m = 2), step 3
+        if (job.group, job.first + k, t) == (1, 1, 3):
+            physics.physics.data.qvel[:] = np.nan
+        return physics.step(action)
 
-    broken.step = failing
+    runner.step_clone = failing
     result = runner.run_window()
     assert result.terminated[1, 2, 3] and result.dones[1, 2, 3] and result.rewards[1, 2, 3] == 0
     assert result.terminated.sum() == 1 and result.dones.sum() == 1
