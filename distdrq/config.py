@@ -292,6 +292,10 @@ class DistributedConfig:
     """run an evaluator actor (mean-action episodes every train.eval_every_frames)"""
     learner_gpus: float = -1.0
     """GPUs for the learner: -1 = one if the cluster has any, else 0 (CPU, with a notice)"""
+    learner_threads: int = 1
+    """torch threads of a learner on CPU (0 = every core of its node); the learner still reserves
+    one Ray CPU. On a small machine whose actors are rate-limited (2 cores, 2 actors) 2 threads
+    use the core the actors leave idle; a GPU learner needs only 1"""
     restart_backoff_s: float = 1.0
     """wait before restarting a role whose loop failed; doubles with each failure in a row"""
     restart_backoff_max_s: float = 30.0
@@ -456,6 +460,11 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.agent.algo == "sdpg":
         _check_sdpg(cfg)
+    if cfg.distributed.learner_threads < 0:
+        raise ConfigError(
+            f"distributed.learner_threads={cfg.distributed.learner_threads} must be >= 1, "
+            "or 0 for every core of the learner's node"
+        )
     if cfg.distributed.learner_gpus < 0 and cfg.distributed.learner_gpus != -1:
         raise ConfigError(
             f"distributed.learner_gpus={cfg.distributed.learner_gpus} must be -1 (one GPU if "

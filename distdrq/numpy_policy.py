@@ -206,6 +206,7 @@ def make_acting_policy(obs_shape: tuple[int, int, int], action_dim: int, cfg: Ag
 
 _BLAS_SETTERS = (
     "scipy_openblas_set_num_threads64_",
+    "scipy_openblas_set_num_threads",
     "openblas_set_num_threads",
     "openblas_set_num_threads64_",
 )

@@ -79,8 +79,9 @@ class SDPGTrainer:
 
     # -- checkpoints ------------------------------------------------------------------------
 
-    def save(self) -> Path:
-        """Checkpoint agent (networks, optimizers, temperature, statistics), counters and RNGs."""
+    def save(self, quick: bool = False) -> Path:
+        """Checkpoint agent (networks, optimizers, temperature, statistics), counters and RNGs
+        (``quick`` is the same: SDPG keeps no replay)."""
         state = {
             "counters": self.counters.to_dict(),
             "config": to_dict(self.cfg),

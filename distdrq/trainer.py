@@ -89,8 +89,10 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------
 
-    def save(self) -> Path:
-        """Checkpoint agent, optimizers, counters, RNG states and the replay contents."""
+    def save(self, quick: bool = False) -> Path:
+        """Checkpoint agent, optimizers, counters, RNG states and the replay contents. ``quick``
+        (Ctrl-C): episodes that the newest checkpoint does not hold keep the replay codec's bytes
+        instead of being coded for disk (:func:`~distdrq.replay.shard.disk_state`)."""
         state = {
             "counters": self.counters.to_dict(),
             "config": to_dict(self.cfg),
@@ -105,7 +107,9 @@ class Trainer:
             lambda path: load_part(path, "replay"),
             (CheckpointError,),
         )
-        replay = disk_state(self.replay.state_dict(), self.cfg.replay.disk_codec, previous)
+        replay = disk_state(
+            self.replay.state_dict(), self.cfg.replay.disk_codec, previous, code_new=not quick
+        )
         parts = {"replay": replay}
         return save_checkpoint(self.run_dir, self.counters.frames, state, parts)
 

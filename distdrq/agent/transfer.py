@@ -143,6 +143,10 @@ class DeviceFeed:
         self._copied[self._current] = done
         self._staged = (device, done)
 
+    def discard(self) -> None:
+        """Drop the staged batch, if any, without an update (a stopping learner)."""
+        self._staged = None
+
     def update(self, step: int) -> dict[str, float] | None:
         """Launch the update of the staged batch (no-op without one) without waiting for the
         device; the mean metrics of the last ``metrics_every`` updates when read back, else

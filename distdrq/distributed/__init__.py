@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import sys
 from pathlib import Path
+
+
+def crash_tracebacks() -> None:
+    """Make a native crash of this actor process (SIGSEGV, SIGABRT from a corrupted heap...)
+    print every Python thread's stack to its stderr (Ray's ``worker-*.err`` log) before Ray's
+    own handler reports the signal: without it the log names only a program counter. Called
+    in each actor's constructor, after Ray installed its handlers (faulthandler chains to
+    them)."""
+    if not faulthandler.is_enabled():
+        faulthandler.enable(all_threads=True)
 
 
 def enable_token_auth_if_available() -> None:

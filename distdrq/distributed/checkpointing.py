@@ -62,13 +62,17 @@ class Checkpointing:
             self.next_frame = frames + self.every_frames
         return snap
 
-    def final(self, snap: RunSnapshot) -> Path:
-        """The last checkpoint of a session, waiting for restarting shards."""
-        path = self.checkpoint(snap, patience=FINAL_CHECKPOINT_PATIENCE_S)
+    def final(self, snap: RunSnapshot, quick: bool = False) -> Path:
+        """The last checkpoint of a session, waiting for restarting shards. ``quick`` (Ctrl-C:
+        the user waits): shards leave episodes that no snapshot holds yet in their replay codec
+        instead of coding them for disk; the next session's first snapshot codes them."""
+        path = self.checkpoint(snap, patience=FINAL_CHECKPOINT_PATIENCE_S, quick=quick)
         assert path is not None  # with patience, a failure raises
         return path
 
-    def checkpoint(self, snap: RunSnapshot, patience: float = 0.0) -> Path | None:
+    def checkpoint(
+        self, snap: RunSnapshot, patience: float = 0.0, quick: bool = False
+    ) -> Path | None:
         """Shard snapshots, then the main file; None if postponed (``patience`` 0 only).
 
         With ``patience`` 0 (periodic checkpoints) an actor that is down postpones the
@@ -82,8 +86,9 @@ class Checkpointing:
         if patience > 0 and self._down_since is not None:
             patience = max(0.0, patience - (now - self._down_since))
         try:
-            learner_state = ray.get(self.supervisor.topo.learner.state.remote(), timeout=300)
-            snapshots = self._snapshot_shards(patience)
+            learner_ref = self.supervisor.topo.learner.state.remote()  # while shards snapshot
+            snapshots = self._snapshot_shards(patience, code_new=not quick)
+            learner_state = ray.get(learner_ref, timeout=300)
         except ray.exceptions.RayActorError as exc:
             if patience > 0:
                 raise
@@ -117,14 +122,14 @@ class Checkpointing:
         }
         return save_checkpoint(self.run_dir, snap.counters.frames, state)
 
-    def _snapshot_shards(self, patience: float) -> list[str]:
+    def _snapshot_shards(self, patience: float, code_new: bool = True) -> list[str]:
         """Snapshot every shard; the paths in shard order. Every call is waited for before any
         is sent again, and only to the shards whose call failed (so a healthy shard never has
         snapshots queued behind one another). A failure is raised at once with ``patience`` 0,
         else the failed shards are asked again every 2 s for up to ``patience`` seconds."""
         shards = self.supervisor.topo.shards
         deadline = time.monotonic() + patience
-        refs = {i: shard.snapshot.remote() for i, shard in enumerate(shards)}
+        refs = {i: shard.snapshot.remote(code_new) for i, shard in enumerate(shards)}
         paths: dict[int, str] = {}
         while True:
             error: ray.exceptions.RayActorError | None = None
@@ -138,4 +143,4 @@ class Checkpointing:
             if patience <= 0 or time.monotonic() >= deadline:
                 raise error
             time.sleep(2.0)
-            refs = {i: shards[i].snapshot.remote() for i in refs if i not in paths}
+            refs = {i: shards[i].snapshot.remote(code_new) for i in refs if i not in paths}

@@ -21,6 +21,7 @@ from typing import Any
 import ray
 
 from distdrq.config import Config
+from distdrq.distributed import crash_tracebacks
 from distdrq.distributed.messages import EvalReport, SendResult
 from distdrq.distributed.replay_actor import ReplayClient
 from distdrq.envs import make_env
@@ -59,17 +60,20 @@ def _numpy_evaluation(cfg: Config, seed: int) -> tuple[Any, Any]:
     """The replay flow's evaluation env and policy, without torch (roles.py's
     ``_replay_evaluation`` with :class:`~distdrq.numpy_policy.NumpyPolicy`)."""
     env = make_env(cfg.env, seed)
+    limit_blas_threads(1)  # dm_control loaded SciPy's own OpenBLAS after pin_threads ran
     return env, make_acting_policy(env.obs_shape, env.action_dim, cfg.agent)
 
 
 def pin_threads() -> None:
     """One thread each for torch (if loaded), NumPy's BLAS, OpenMP and Mesa in an env
-    process."""
+    process; native crashes print Python stacks (:func:`crash_tracebacks`)."""
+    crash_tracebacks()
     torch = sys.modules.get("torch")  # env actors of the replay flow never import it
     if torch is not None:
         torch.set_num_threads(1)
     limit_blas_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # an OpenBLAS loaded later (SciPy's)
     # Mesa's software rasteriser (llvmpipe) renders with extra threads unless told otherwise;
     # read when the GL context is created, so this must run before the env is made
     os.environ.setdefault("LP_NUM_THREADS", "1")
@@ -108,6 +112,7 @@ class EnvActor:
         self.starts = ray.get(coordinator.register.remote(self.role))
         seed = cfg.train.seed + index + 100_003 * (self.starts - 1 + 64 * session)
         self.env = make_env(cfg.env, seed)
+        limit_blas_threads(1)  # dm_control loaded SciPy's own OpenBLAS after pin_threads ran
         policy = make_acting_policy(self.env.obs_shape, self.env.action_dim, cfg.agent)
         self.follower = _PolicyFollower(policy, coordinator)
         self.client = ReplayClient(shards, seed=seed, limiter=limiter)

@@ -248,7 +248,7 @@ class _Session:
             snap = runner.supervisor.stop(evaluate=reason == "done")
             monitor.flush()
             monitor.refresh(snap)  # what the last tick did not show (a long checkpoint...)
-            path = runner.final(snap)
+            path = runner.final(snap, quick=reason == "interrupted")
         except ray.exceptions.RayError as exc:
             last = list_checkpoints(self.run_dir)
             raise LaunchError(

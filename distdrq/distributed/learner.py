@@ -29,6 +29,7 @@ from distdrq.agent.base import Agent
 from distdrq.agent.transfer import DeviceFeed, policy_snapshot
 from distdrq.checkpoint import to_cpu
 from distdrq.config import Config
+from distdrq.distributed import crash_tracebacks
 from distdrq.distributed.env_actor import lookup
 from distdrq.distributed.messages import LearnerReport
 from distdrq.distributed.replay_actor import ReplayClient
@@ -132,7 +133,8 @@ class Learner:
         state: dict[str, Any] | None = None,
         cpu_threads: int = 1,
     ) -> None:
-        torch.set_num_threads(max(1, cpu_threads))
+        crash_tracebacks()
+        torch.set_num_threads(cpu_threads if cpu_threads > 0 else os.cpu_count() or 1)
         coordinator, shards, limiter = lookup(run_name, cfg.distributed.shards)
         self.cfg = cfg
         self._coord = coordinator
@@ -157,6 +159,7 @@ class Learner:
             self.version = int(state["version"])
         self._continue_after(ray.get(coordinator.snapshot.remote()).counters)
         self._lock = threading.Lock()
+        self._stop_now = threading.Event()
         self._report_lock = threading.Lock()  # the report never waits for an update
         self._metrics_now: dict[str, float] = {}
         self._lag: deque[float] = deque(maxlen=200)
@@ -185,16 +188,28 @@ class Learner:
         reply = self._report()
         last_report = time.monotonic()
         made = 0
-        while not reply.stop:
+        while not (reply.stop or self._stop_now.is_set()):
             made += self._update_staged()
+            if self._stop_now.is_set():
+                break
             staged = self._stage_next(pending)
             now = time.monotonic()
             if now - last_report >= 1.0 or not staged:
                 reply = self._report()
                 last_report = now
-        made += self._update_staged()  # the batch staged last
+        if not self._stop_now.is_set():  # the frame budget: the batch staged last
+            made += self._update_staged()
+        # a stopping run (Ctrl-C) does not wait for one more update: a staged batch is a
+        # sample of replay, nothing is lost by dropping it
+        self.feed.discard()
         self.publisher.flush()
         return made
+
+    def stop(self) -> None:
+        """Return from :meth:`run` after the update in progress, without the staged one
+        (answered on the actor's second thread; on a CPU shared with many actors one update
+        takes seconds)."""
+        self._stop_now.set()
 
     def _update_staged(self) -> int:
         """Launch the update of the staged batch (1), or nothing (0)."""

@@ -29,6 +29,7 @@ import numpy as np
 import ray
 
 from distdrq.config import ReplayConfig
+from distdrq.distributed import crash_tracebacks
 from distdrq.replay import ChunkRejected, ReplayShard
 from distdrq.replay.decoding import CodedBatch, CodedBatchError, DecoderPool, assemble_batch
 from distdrq.replay.ratelimit import RateLimiter, RateLimiterClosed
@@ -75,6 +76,7 @@ class ReplayServer:
     ) -> None:
         """``samples_per_insert=None`` enforces only the minimum size before sampling;
         ``run_name``: register with that run's coordinator (so restarts are counted)."""
+        crash_tracebacks()
         self.index = index
         if run_name is not None:
             with contextlib.suppress(ValueError):  # no coordinator: a standalone shard
@@ -196,8 +198,10 @@ class ReplayServer:
     # -- maintenance -------------------------------------------------------------------------
 
     @ray.method(concurrency_group="admin")
-    def snapshot(self) -> str | None:
-        """Write a snapshot of the shard and limiter; returns its path (None without a store)."""
+    def snapshot(self, code_new: bool = True) -> str | None:
+        """Write a snapshot of the shard and limiter; returns its path (None without a store).
+        ``code_new=False`` (a stopping run): new episodes keep their replay-codec bytes instead
+        of being coded for disk (see :func:`~distdrq.replay.shard.disk_state`)."""
         if self.snapshots is None:
             return None
         with self._snapshot_lock:
@@ -215,7 +219,10 @@ class ReplayServer:
                 lambda path: read_snapshot(path).get("shard"),
                 (SnapshotError,),
             )
-            state = {"shard": disk_state(shard, self.disk_codec, previous), "limiter": limiter}
+            state = {
+                "shard": disk_state(shard, self.disk_codec, previous, code_new),
+                "limiter": limiter,
+            }
             path = self.snapshots.save(state, sequence)
             with self._lock:
                 self._unsaved -= saving  # only now are they safe

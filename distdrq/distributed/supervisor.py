@@ -42,6 +42,8 @@ LEARNER_NAME_RELEASE_S = 60.0
 """How long a recreated learner waits for Ray to release its dead predecessor's name."""
 STOP_PATIENCE_S = 60.0
 """How long stopping waits for all loops together (each returns within a step or an update)."""
+STOP_REPORT_S = 2.0
+"""While stopping, how often a message names the loops not yet returned."""
 HEALTHY_S = 60.0
 """An incarnation (other than the learner) that lived this long made progress."""
 
@@ -158,14 +160,28 @@ class Supervisor:
         if topo.limiter is not None:  # release actors waiting for admission
             topo.limiter.close.remote()
         stopping = [*topo.env_actors, *([topo.evaluator] if topo.evaluator is not None else [])]
+        if not evaluate and hasattr(topo.learner, "stop"):
+            stopping.append(topo.learner)  # Ctrl-C: not one more update (seconds on a busy CPU)
         for actor in stopping:  # now, not at the end of a chunk or an evaluation
             actor.stop.remote()
-        ray.wait(list(self.loops), num_returns=len(self.loops), timeout=STOP_PATIENCE_S)
+        self._wait_for_loops()
         if topo.evaluator is not None and evaluate:
             with contextlib.suppress(ray.exceptions.RayError):
                 frames = ray.get(topo.coordinator.snapshot.remote()).counters.frames
                 ray.get(topo.evaluator.evaluate.remote(frames))
         return ray.get(topo.coordinator.snapshot.remote())
+
+    def _wait_for_loops(self) -> None:
+        """Wait up to STOP_PATIENCE_S for every loop to return; every STOP_REPORT_S a message
+        names the roles still finishing (an env actor its step, the learner its update)."""
+        deadline = time.monotonic() + STOP_PATIENCE_S
+        pending = list(self.loops)
+        while pending and time.monotonic() < deadline:
+            wait = min(STOP_REPORT_S, deadline - time.monotonic())
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=wait)
+            if pending:
+                names = sorted(self.loops[ref][0] for ref in pending)
+                self.message(f"stopping: waiting for {', '.join(names)} to finish")
 
     # -- the policy
 

@@ -96,7 +96,7 @@ def start_learner(
             max_restarts=0,
             max_concurrency=2,  # run() holds one thread; state/take_report answer on the other
         )
-        .remote(cfg, obs_shape, action_dim, name, state, 1)
+        .remote(cfg, obs_shape, action_dim, name, state, cfg.distributed.learner_threads)
     )
 
 

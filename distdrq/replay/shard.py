@@ -71,7 +71,10 @@ DISK_CODECS = ("cm", "stored")
 
 
 def disk_state(
-    state: dict[str, Any], disk_codec: str = "cm", previous: dict[str, Any] | None = None
+    state: dict[str, Any],
+    disk_codec: str = "cm",
+    previous: dict[str, Any] | None = None,
+    code_new: bool = True,
 ) -> dict[str, Any]:
     """A :meth:`ReplayShard.state_dict` made compact for disk (snapshots, checkpoints).
 
@@ -81,6 +84,10 @@ def disk_state(
     ``previous``: an earlier ``cm`` disk state of the same replay (e.g. the last snapshot, as
     read back); an episode whose frames it already holds (same key, shape and CRC32) reuses that
     blob instead of being coded again, so a snapshot codes only what is new since the last one.
+    ``code_new=False`` (a run stopping on Ctrl-C, where the user waits for the checkpoint):
+    episodes that ``previous`` does not hold keep the replay codec's bytes instead of being
+    ``cm``-coded (about 1 ms a frame); the state then loads only into a shard of the same codec,
+    and the next snapshot with ``code_new`` codes them.
     ``"stored"``: the state as it is (the replay codec's bytes; fastest to write and restore).
     Runs without any lock: the state's arrays are immutable views. Returns a new dict.
     """
@@ -95,8 +102,10 @@ def disk_state(
     for episode in parsed.episodes:
         frames = decoded_frames(episode.frames, str(parsed.codec), parsed.frame_shape)
         old = reuse.get(episode.key)
-        blob = old if old is not None and describes(old, frames) else encode_frames(frames)
-        episode.frames = DiskFrames(blob)
+        if old is not None and describes(old, frames):
+            episode.frames = DiskFrames(old)
+        elif code_new:
+            episode.frames = DiskFrames(encode_frames(frames))
     return parsed.to_flat()
 
 

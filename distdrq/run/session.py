@@ -34,13 +34,13 @@ class Clock:
 def training_session(
     counters: Counters,
     run_dir: Path,
-    save: Callable[[], Path],
+    save: Callable[[bool], Path],
     progress: ProgressDisplay,
     units: tuple[str, str] = ("updates", "episodes"),
 ) -> Iterator[Clock]:
     """The block is the training loop. On its end, or on Ctrl-C/SIGTERM (a KeyboardInterrupt
-    raised anywhere in it), the counters' wall time is brought up to date, ``save()`` writes
-    the checkpoint and one line says where the run stopped, counting ``units`` (names of
+    raised anywhere in it), the counters' wall time is brought up to date, ``save(quick)`` writes
+    the checkpoint (``quick`` after Ctrl-C: the user is waiting) and one line says where the run stopped, counting ``units`` (names of
     ``counters.updates`` and ``counters.episodes``)."""
     interrupted = False
     previous_sigterm = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
@@ -53,7 +53,7 @@ def training_session(
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
     clock.tick()
-    path = save()
+    path = save(interrupted)
     c = counters
     progress.message(
         f"{'stopped' if interrupted else 'done'} at frame {c.frames:,} "

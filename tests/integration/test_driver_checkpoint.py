@@ -28,7 +28,7 @@ class FlakyShard:
     def __init__(self, flag: str):
         self.flag = flag
 
-    def snapshot(self) -> str:
+    def snapshot(self, code_new: bool = True) -> str:
         if not os.path.exists(self.flag):
             open(self.flag, "w").close()
             os._exit(1)
@@ -40,7 +40,7 @@ class CountingShard:
     def __init__(self):
         self.calls = 0
 
-    def snapshot(self) -> str:
+    def snapshot(self, code_new: bool = True) -> str:
         self.calls += 1
         return f"snapshot_{self.calls:06d}.ddrq"
 

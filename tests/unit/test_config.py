@@ -119,6 +119,7 @@ AGENT_RULES = [
         ("env.image_size=8", "env.image_size=8 is too small; use 16 or more"),
         ("env.camera_id=-2", "env.camera_id=-2 must be -1 (the task's default camera) or >= 0"),
         ("distributed.learner_gpus=-0.5", "distributed.learner_gpus=-0.5 must be -1 (one GPU if"),
+        ("distributed.learner_threads=-1", "distributed.learner_threads=-1 must be >= 1, or 0"),
         ("train.seed_frames=-1", "train.seed_frames=-1 must be >= 0"),
     ],
 )

@@ -206,3 +206,44 @@ def test_snapshots_reuse_coded_episodes_they_already_hold(tmp_path, codec, monke
         shard.sample(64, rng=np.random.default_rng(4)),
         restored.sample(64, rng=np.random.default_rng(4)),
     )
+
+
+@pytest.mark.parametrize("codec", ["lz4d-star32", "raw"])
+def test_a_quick_snapshot_codes_nothing_and_the_next_one_codes_what_it_left(
+    tmp_path, codec, monkeypatch
+):
+    """Ctrl-C's snapshot (``code_new=False``): reused blobs stay, new episodes keep the replay
+    codec's bytes; it restores bit-exactly, and the next full snapshot codes just those."""
+    shard, eps = fill(codec)
+    unfinished = eps.episode(4, 30, [9, 20], last=True)
+    shard.insert(unfinished[0])
+    write_snapshot(tmp_path / "first.ddrq", disk_state(shard.state_dict(), "cm"))
+    previous = read_snapshot(tmp_path / "first.ddrq")
+    for chunk in unfinished[1:]:
+        shard.insert(chunk)
+
+    coded: list[tuple[int, ...]] = []
+    real = shard_mod.encode_frames
+    monkeypatch.setattr(
+        shard_mod, "encode_frames", lambda frames: coded.append(frames.shape) or real(frames)
+    )
+    quick = disk_state(shard.state_dict(), "cm", previous, code_new=False)
+    assert coded == []
+    n = len(quick["episode_keys"])
+    assert [f"episode.{i}.frames.cm" in quick for i in range(n)] == [True] * (n - 1) + [False]
+    write_snapshot(tmp_path / "quick.ddrq", quick)
+    restored = ReplayShard(70, 3, GAMMA, 3, codec=codec)
+    restored.load_state_dict(read_snapshot(tmp_path / "quick.ddrq"))
+    assert_same(
+        shard.sample(64, rng=np.random.default_rng(4)),
+        restored.sample(64, rng=np.random.default_rng(4)),
+    )
+    # a shard of another codec cannot take the replay-codec bytes: a clear error, not garbage
+    other = "raw" if codec != "raw" else "lz4-tree"
+    with pytest.raises(ValueError, match="this shard stores"):
+        ReplayShard(70, 3, GAMMA, 3, codec=other).load_state_dict(
+            read_snapshot(tmp_path / "quick.ddrq")
+        )
+    full = disk_state(restored.state_dict(), "cm", read_snapshot(tmp_path / "quick.ddrq"))
+    assert coded == [(31, 3, 12, 12)]  # the episode the quick one left in the replay codec
+    assert all(f"episode.{i}.frames.cm" in full for i in range(n))

@@ -126,3 +126,59 @@ def test_policy_snapshot_is_the_policy_state_and_does_not_follow_later_updates(d
     changed = agent.policy_state_dict()
     assert any(not torch.equal(snapshot[k], changed[k]) for k in want)
     assert all(torch.equal(snapshot[k], want[k]) for k in want)
+
+
+class _Reply:
+    stop = False
+
+
+class _FakeFeed:
+    """Counts updates; the first one's caller asks the learner to stop while it runs."""
+
+    def __init__(self, on_update):
+        self.staged, self.updates, self.discarded = False, 0, 0
+        self.on_update = on_update
+
+    def update(self, step):
+        self.staged = False
+        self.updates += 1
+        self.on_update()
+        return None
+
+    def discard(self):
+        self.staged = False
+        self.discarded += 1
+
+
+def test_a_stopped_learner_returns_after_the_update_in_progress_without_the_staged_one():
+    """Ctrl-C reaches the learner mid-update (``stop()`` on its second thread): run() returns
+    once that update ends, dropping the batch staged for the next (on a CPU shared with eight
+    actors an update takes seconds); without stop() the loop goes on."""
+    import threading
+
+    from distdrq.config import load_config
+    from distdrq.distributed.learner import Learner
+
+    def learner_stopped_in_update(n: int) -> Learner:
+        learner = Learner.__new__(Learner)
+        learner._stop_now = threading.Event()
+        learner._lock = threading.Lock()
+        learner._frames, learner.updates, learner.version = 0, 0, 0
+        learner.cfg = load_config("cartpole_swingup")
+        learner.publisher = type("P", (), {"flush": lambda self: None, "publish": print})()
+        learner._report = lambda: _Reply()
+        learner.feed = _FakeFeed(lambda: learner.updates == n - 1 and learner.stop())
+
+        def stage(pending):
+            learner.feed.staged = True
+            return True
+
+        learner._stage_next = stage
+        learner.feed.staged = True
+        return learner
+
+    for n in (1, 3):
+        learner = learner_stopped_in_update(n)
+        assert learner.run() == n
+        assert learner.feed.updates == n and learner.feed.discarded == 1
+        assert learner.updates == n
