@@ -112,6 +112,8 @@ ROLES: dict[str, Roles] = {
             "sigma",
             "temperature",
             "window_s",
+            "nominals_s",
+            "clones_s",
             "decode_s",
             "learner_s",
             "iteration_s",
