@@ -9,6 +9,10 @@ Ray is ``distdrq launch``'s (a coordinator and K GroupActors by name on a local 
 the SDPGLearner's iteration run in this process, as its actor's ``run`` loop would).
 
     PYTHONPATH=. MUJOCO_GL=egl python benchmarks/sdpg_launch.py [--iterations 10]
+    PYTHONPATH=. MUJOCO_GL=egl python benchmarks/sdpg_launch.py --slow-actor-only
+
+It also compares, with one of 2 env actors at half speed, every actor stepping its own groups'
+clones against the clone jobs shared over the actors (work sharing).
 """
 
 from __future__ import annotations
@@ -76,6 +80,60 @@ def on_ray(iterations: int, actors: int, obs: str) -> tuple[list[float], dict[st
     return times[1:], metrics
 
 
+def _half_speed_actor():
+    """A GroupActor at half speed: after each call it waits as long as the call took (a
+    machine twice as slow, or a core shared with another process); by value for Ray."""
+
+    class HalfSpeedGroupActor(GroupActor):
+        def run_window(self, weights, version):
+            start = time.perf_counter()
+            out = super().run_window(weights, version)
+            time.sleep(time.perf_counter() - start)
+            return out
+
+        def run_nominals(self, weights, version):
+            start = time.perf_counter()
+            out = super().run_nominals(weights, version)
+            time.sleep(time.perf_counter() - start)
+            return out
+
+        def run_clones(self, jobs):
+            start = time.perf_counter()
+            out = super().run_clones(jobs)
+            time.sleep(time.perf_counter() - start)
+            return out
+
+    return HalfSpeedGroupActor
+
+
+def slow_actor(iterations: int) -> dict[str, list[float]]:
+    """Seconds of the windows of 2 env actors, the second at half speed: every actor stepping
+    all its groups' clones itself (``run_window``, the protocol before work sharing) against
+    nominals then shared clone jobs (``SDPGLearner._clones``); state actor."""
+    cfg = load_config(TASK, overrides=[*SMALL, "sdpg.obs=state", "distributed.actors=2"])
+    name = "bench-sdpg-slow"
+    coord = ray.remote(Coordinator).options(name=f"{name}-coordinator").remote(name)
+    options = {"max_restarts": -1, "max_concurrency": 3, "num_cpus": 1}
+    envs = [
+        ray.remote(cls).options(name=f"{name}-env-{i}", **options).remote(i, cfg, name, 0)
+        for i, cls in enumerate((GroupActor, _half_speed_actor()))
+    ]
+    learner = SDPGLearner(cfg, (17,), 6, name)
+    out: dict[str, list[float]] = {"own clones": [], "shared clones": [], "jobs to the slow": []}
+    for _ in range(iterations + 1):
+        start = time.perf_counter()
+        ray.get([e.run_window.remote(learner._weights, learner.version) for e in envs])
+        out["own clones"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        parts = ray.get([e.run_nominals.remote(learner._weights, learner.version) for e in envs])
+        learner._clones(envs, [jobs for _, jobs in parts])
+        out["shared clones"].append(time.perf_counter() - start)
+        out["jobs to the slow"].append(learner.clone_jobs[1] / sum(learner.clone_jobs))
+    for actor in [coord, *envs]:
+        ray.kill(actor, no_restart=True)
+    return {k: v[1:] for k, v in out.items()}
+
+
 SPLIT = (
     "window_s",
     "physics_s",
@@ -114,6 +172,15 @@ def window_bytes(obs: str) -> dict[str, float]:
     }
 
 
+def _print_slow(out: dict[str, list[float]]) -> None:
+    print("2 state-actor env actors, the second at half speed: window seconds")
+    print("| clones | median s/window | min | max |\n|---|---|---|---|")
+    for key in ("own clones", "shared clones"):
+        print(_line(key, out[key]))
+    share = statistics.mean(out["jobs to the slow"])
+    print(f"share of clone jobs the half-speed actor stepped: {share:.2f} (even: 0.50)")
+
+
 def _line(label: str, times: list[float]) -> str:
     return f"| {label} | {statistics.median(times):.3f} | {min(times):.3f} | {max(times):.3f} |"
 
@@ -121,7 +188,18 @@ def _line(label: str, times: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument(
+        "--slow-actor-only", action="store_true", help="only the half-speed actor comparison"
+    )
     args = parser.parse_args()
+    if args.slow_actor_only:
+        torch.set_num_threads(1)
+        ray.init(num_cpus=3, namespace="distdrq", log_to_driver=False, include_dashboard=False)
+        try:
+            _print_slow(slow_actor(args.iterations))
+        finally:
+            ray.shutdown()
+        return
     torch.set_num_threads(1)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()}")
     print(f"config: {TASK} {' '.join(SMALL)} sdpg.obs=state")
@@ -136,6 +214,7 @@ def main() -> None:
                 split = ", ".join(f"{k[:-2]} {m[k]:.3f}" for k in SPLIT)
                 print(f"|   mean split (actor parts summed over actors) | {split} | | |")
                 print(f"|   bytes actors -> learner an iteration | {m['window_bytes']:,.0f} | | |")
+        _print_slow(slow_actor(args.iterations))
     finally:
         ray.shutdown()
     for obs in ("state", "pixels"):
