@@ -37,7 +37,7 @@ from distdrq.run.counters import Counters
 from distdrq.run.evaluation import evaluate_and_record, shown_on
 from distdrq.run.groups import GroupRunner, WindowResult
 from distdrq.run.rundir import rollback_records, save_run_config
-from distdrq.run.session import finite, training_session
+from distdrq.run.session import STOP_SIGNALS, finite, training_session
 from distdrq.tblog import open_events
 
 _SHOWN = (("sigma", "policy std"), ("temperature", "temperature"), ("iteration_s", "s/iteration"))
@@ -278,11 +278,13 @@ def _make_runner(cfg: Config, seed: int) -> GroupRunner:
 
 @contextlib.contextmanager
 def _interrupts_deferred() -> Iterator[None]:
-    """Ctrl-C and SIGTERM wait until the block ends, then interrupt (KeyboardInterrupt)."""
+    """Ctrl-C and SIGTERM wait until the block ends, then interrupt (KeyboardInterrupt); a
+    signal that is ignored stays ignored."""
     caught: list[int] = []
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig in handlers:
-        signal.signal(sig, lambda signum, frame: caught.append(signum))
+    handlers = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    for sig, handler in handlers.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(sig, lambda signum, frame: caught.append(signum))
     try:
         yield
     finally:

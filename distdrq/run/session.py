@@ -16,6 +16,9 @@ from typing import Any
 from distdrq.progress import ProgressDisplay
 from distdrq.run.counters import Counters
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""The signals that stop a run with a checkpoint."""
+
 
 class Clock:
     """The session's wall time, added to what earlier sessions of the run spent."""
@@ -38,22 +41,27 @@ def training_session(
     progress: ProgressDisplay,
     units: tuple[str, str] = ("updates", "episodes"),
 ) -> Iterator[Clock]:
-    """The block is the training loop. On its end, or on Ctrl-C/SIGTERM (a KeyboardInterrupt
-    raised anywhere in it), the counters' wall time is brought up to date, ``save(quick)`` writes
-    the checkpoint (``quick`` after Ctrl-C: the user is waiting) and one line says where the run stopped, counting ``units`` (names of
-    ``counters.updates`` and ``counters.episodes``)."""
+    """The block is the training loop. On its end, or on Ctrl-C/SIGINT/SIGTERM (a
+    KeyboardInterrupt raised anywhere in it), the counters' wall time is brought up to date,
+    ``save(quick)`` writes the checkpoint (``quick`` after Ctrl-C: the user is waiting) and one
+    line says where the run stopped, counting ``units`` (names of ``counters.updates`` and
+    ``counters.episodes``)."""
     interrupted = False
-    previous_sigterm = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    # SIGINT too, not only Python's default handler: a shell script's `distdrq train ... &`
+    # starts it with SIGINT ignored, and `kill -INT` must still checkpoint and stop
+    previous = {s: signal.signal(s, raise_keyboard_interrupt) for s in STOP_SIGNALS}
     clock = Clock(counters)
     try:
-        yield clock
-    except KeyboardInterrupt:
-        interrupted = True
-        progress.message("interrupted: writing a checkpoint (Ctrl-C again to abort)")
+        try:
+            yield clock
+        except KeyboardInterrupt:
+            interrupted = True
+            progress.message("interrupted: writing a checkpoint (Ctrl-C again to abort)")
+        clock.tick()
+        path = save(interrupted)  # a second Ctrl-C here aborts (KeyboardInterrupt)
     finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
-    clock.tick()
-    path = save(interrupted)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     c = counters
     progress.message(
         f"{'stopped' if interrupted else 'done'} at frame {c.frames:,} "
@@ -63,7 +71,7 @@ def training_session(
 
 
 def raise_keyboard_interrupt(signum: int, frame: Any) -> None:
-    """A signal handler: SIGTERM stops a run as Ctrl-C does."""
+    """A signal handler: SIGINT and SIGTERM stop a run as Ctrl-C does."""
     raise KeyboardInterrupt
 
 

@@ -80,10 +80,10 @@ def test_pixel_actor_renders_only_nominals_and_records_videos(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_checkpoints_between_iterations(tmp_path):
-    _ctrl_c_once(tmp_path)
-
-
-def _ctrl_c_once(tmp_path, attempt: int = 0):
+    """Started as a shell script's `distdrq train ... &` starts it, with SIGINT ignored: a
+    SIGINT must still checkpoint and stop. (Before the fix, the run took such a signal only
+    while the learner stepped, and ignored it at any other moment: it hung in about one test
+    run in three, in CI, whose harness starts the suite that way.)"""
     run = tmp_path / "run"
     env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
     args = ["--task", "cheetah_run", "--run-dir", str(run), "sdpg.obs=state", *TINY]
@@ -103,6 +103,7 @@ def _ctrl_c_once(tmp_path, attempt: int = 0):
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -113,14 +114,9 @@ def _ctrl_c_once(tmp_path, attempt: int = 0):
     try:
         out, err = proc.communicate(timeout=120)
     except subprocess.TimeoutExpired:
-        # KNOWN OPEN DEFECT (session 10 note): about one run in three under CI, the child did
-        # not exit after SIGINT; not yet diagnosed. Reported, not hidden: fail loudly when a
-        # second attempt hangs too.
         proc.kill()
-        proc.communicate()
-        if attempt:
-            raise
-        return _ctrl_c_once(tmp_path / "again", attempt=1)
+        out, err = proc.communicate()
+        raise AssertionError(f"no exit 120 s after SIGINT; its output: {out[-2000:]}") from None
     assert proc.returncode == 0, err[-3000:]
     assert "interrupted: writing a checkpoint" in out and "stopped at frame" in out
     summary = json.loads((run / "summary.json").read_text())
