@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -128,6 +128,10 @@ def load_policy_weights(
         module.load_state_dict(
             {k[len(prefix) :]: torch.as_tensor(v) for k, v in state.items() if k.startswith(prefix)}
         )
+
+
+class UpdateAbandoned(Exception):
+    """An update was given up before it changed the agent (:meth:`Agent.abandonable`)."""
 
 
 class AgentBase(ABC):
@@ -265,9 +269,14 @@ class Agent(AgentBase):
         self._critic_params = list(self.critic.parameters())
         self._target_params = list(self.critic_target.parameters())
         self.num_updates = 0
+        self._give_up: Callable[[], bool] | None = None
+        self._stepped = False
         if cfg.compile:
             for _, module in self._named_networks():
                 module.compile()  # in place: state_dict keys stay unprefixed
+        else:  # each network's call is a point where a stopping learner may give up
+            for _, module in self._named_networks():
+                module.register_forward_pre_hook(self._maybe_give_up)
 
     # ---- what an algorithm defines
 
@@ -314,6 +323,24 @@ class Agent(AgentBase):
         fused = {"fused": True} if self.device.type == "cuda" else {}
         return torch.optim.Adam(module.parameters(), lr=self.cfg.lr, **fused)
 
+    @contextlib.contextmanager
+    def abandonable(self, give_up: Callable[[], bool]) -> Iterator[None]:
+        """The one update in this block raises :class:`UpdateAbandoned` as soon as
+        ``give_up()`` is true at one of its checks, as long as it has not stepped an
+        optimizer: the agent is then exactly as before it (a stopping learner on a busy CPU,
+        where one update takes seconds, need not finish it for its checkpoint). The checks:
+        each network's call and the moment before the first optimizer step; an update past
+        that step runs to its end. Not with ``agent.compile`` (a GPU update is milliseconds)."""
+        self._give_up, self._stepped = give_up, False
+        try:
+            yield
+        finally:
+            self._give_up = None
+
+    def _maybe_give_up(self, *_: Any) -> None:
+        if self._give_up is not None and not self._stepped and self._give_up():
+            raise UpdateAbandoned
+
     def optimize(
         self,
         loss: torch.Tensor,
@@ -326,6 +353,8 @@ class Agent(AgentBase):
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward(inputs=inputs)
+        self._maybe_give_up()
+        self._stepped = True
         for opt in optimizers:
             scaler.step(opt)
         scaler.update()

@@ -79,16 +79,16 @@ class GroupActor:
     ) -> tuple[WindowResult, list[CloneJob]]:
         self.runner.set_weights(weights, version)
         part, jobs = self.runner.run_nominals()
-        start = time.perf_counter()
-        coded = part.coded(self._codec)
-        coded.seconds["encode"] = time.perf_counter() - start
-        return coded, jobs
+        return self._coded(part), jobs
 
     def _window(self, weights: dict[str, torch.Tensor], version: int) -> WindowResult:
         self.runner.set_weights(weights, version)
-        result = self.runner.run_window()
+        return self._coded(self.runner.run_window())
+
+    def _coded(self, result: WindowResult) -> WindowResult:
+        """``result`` with the nominals' frames (pixels) coded as replay chunks, timed."""
         start = time.perf_counter()
-        coded = result.coded(self._codec)  # pixels: the nominals' frames as replay chunks
+        coded = result.coded(self._codec)
         coded.seconds["encode"] = time.perf_counter() - start
         return coded
 

@@ -25,7 +25,7 @@ import ray
 import torch
 
 from distdrq.agent import make_agent
-from distdrq.agent.base import Agent
+from distdrq.agent.base import Agent, UpdateAbandoned
 from distdrq.agent.transfer import DeviceFeed, policy_snapshot
 from distdrq.checkpoint import to_cpu
 from distdrq.config import Config
@@ -133,8 +133,7 @@ class Learner:
         state: dict[str, Any] | None = None,
         cpu_threads: int = 1,
     ) -> None:
-        crash_tracebacks()
-        torch.set_num_threads(cpu_threads if cpu_threads > 0 else os.cpu_count() or 1)
+        learner_process(cpu_threads)
         coordinator, shards, limiter = lookup(run_name, cfg.distributed.shards)
         self.cfg = cfg
         self._coord = coordinator
@@ -160,6 +159,7 @@ class Learner:
         self._continue_after(ray.get(coordinator.snapshot.remote()).counters)
         self._lock = threading.Lock()
         self._stop_now = threading.Event()
+        self.abandoned_updates = 0
         self._report_lock = threading.Lock()  # the report never waits for an update
         self._metrics_now: dict[str, float] = {}
         self._lag: deque[float] = deque(maxlen=200)
@@ -206,9 +206,10 @@ class Learner:
         return made
 
     def stop(self) -> None:
-        """Return from :meth:`run` after the update in progress, without the staged one
-        (answered on the actor's second thread; on a CPU shared with many actors one update
-        takes seconds)."""
+        """Return from :meth:`run` without the staged batch's update, and give up the update
+        in progress if it has not stepped an optimizer yet (:meth:`Agent.abandonable`), else
+        after it (answered on the actor's second thread; on a CPU shared with many actors one
+        update takes seconds)."""
         self._stop_now.set()
 
     def _update_staged(self) -> int:
@@ -216,7 +217,12 @@ class Learner:
         if not self.feed.staged:
             return 0
         with self._lock:
-            metrics = self.feed.update(self._frames // self.cfg.env.action_repeat)
+            try:
+                with self.agent.abandonable(self._stop_now.is_set):
+                    metrics = self.feed.update(self._frames // self.cfg.env.action_repeat)
+            except UpdateAbandoned:  # stopping: the agent is as after the last whole update
+                self.abandoned_updates += 1
+                return 0
             if metrics is not None:
                 self._last_metrics = metrics
             self.updates += 1
@@ -296,6 +302,13 @@ class Learner:
     def pid(self) -> int:
         """The learner's process id (tests kill it the way the world does)."""
         return os.getpid()
+
+
+def learner_process(cpu_threads: int) -> None:
+    """What a learner's process does first (any algorithm): every thread's stack on a crash,
+    and ``cpu_threads`` torch threads (0: all cores; ``distributed.learner_threads``)."""
+    crash_tracebacks()
+    torch.set_num_threads(cpu_threads if cpu_threads > 0 else os.cpu_count() or 1)
 
 
 def continued(starts: int, version: int, updates: int, counters: Counters) -> tuple[int, int]:

@@ -36,8 +36,7 @@ import torch
 from distdrq.agent import make_agent
 from distdrq.checkpoint import to_cpu
 from distdrq.config import Config
-from distdrq.distributed import crash_tracebacks
-from distdrq.distributed.learner import continued
+from distdrq.distributed.learner import continued, learner_process
 from distdrq.distributed.messages import IterationReport, LearnerReply, LearnerReport
 from distdrq.envs.clones import NominalEnv
 from distdrq.run.groups import CloneJob, CloneResult, WindowResult, merge_clones
@@ -68,8 +67,7 @@ class SDPGLearner:
         state: dict[str, Any] | None = None,
         cpu_threads: int = 1,
     ) -> None:
-        crash_tracebacks()
-        torch.set_num_threads(cpu_threads if cpu_threads > 0 else os.cpu_count() or 1)
+        learner_process(cpu_threads)
         self.cfg = cfg
         self.run_name = run_name
         self._coord = ray.get_actor(f"{run_name}-coordinator")

@@ -26,13 +26,13 @@ def sigint_ignored():
 def test_a_stop_signal_checkpoints_although_sigint_was_ignored(tmp_path, sigint_ignored, signum):
     saved: list[bool] = []
     out = io.StringIO()
-    with ProgressDisplay("t", 100, stream=out, live=False) as progress:
-        with training_session(Counters(), tmp_path, lambda quick: saved.append(quick) or tmp_path,
-                              progress):  # fmt: skip
-            os.kill(os.getpid(), signum)
-            for _ in range(1000):  # the handler runs between bytecodes
-                pass
-            pytest.fail("the signal did not interrupt the training loop")
+    progress = ProgressDisplay("t", 100, stream=out, live=False)
+    save = lambda quick: saved.append(quick) or tmp_path  # noqa: E731
+    with progress, training_session(Counters(), tmp_path, save, progress):
+        os.kill(os.getpid(), signum)
+        for _ in range(1000):  # the handler runs between bytecodes
+            pass
+        pytest.fail("the signal did not interrupt the training loop")
     assert saved == [True]
     assert "interrupted: writing a checkpoint" in out.getvalue()
     assert (tmp_path / "summary.json").is_file()
@@ -42,10 +42,9 @@ def test_a_stop_signal_checkpoints_although_sigint_was_ignored(tmp_path, sigint_
 def test_deferred_interrupts_wait_for_the_block_and_leave_ignored_signals_ignored(sigint_ignored):
     previous_term = signal.signal(signal.SIGTERM, lambda *_: pytest.fail("not deferred"))
     try:
-        with pytest.raises(KeyboardInterrupt):
-            with _interrupts_deferred():
-                os.kill(os.getpid(), signal.SIGTERM)
-                finished = True  # the block is not cut short
+        with pytest.raises(KeyboardInterrupt), _interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            finished = True  # the block is not cut short
         assert finished
         with _interrupts_deferred():  # ignored before: still ignored, no KeyboardInterrupt
             os.kill(os.getpid(), signal.SIGINT)

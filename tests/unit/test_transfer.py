@@ -3,6 +3,8 @@ updates, weight snapshots copied asynchronously; the same parameters as the plai
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 import pytest
 import torch
@@ -168,6 +170,7 @@ def test_a_stopped_learner_returns_after_the_update_in_progress_without_the_stag
         learner.publisher = type("P", (), {"flush": lambda self: None, "publish": print})()
         learner._report = lambda: _Reply()
         learner.feed = _FakeFeed(lambda: learner.updates == n - 1 and learner.stop())
+        learner.agent = type("A", (), {"abandonable": lambda self, give_up: nullcontext()})()
 
         def stage(pending):
             learner.feed.staged = True
@@ -182,3 +185,45 @@ def test_a_stopped_learner_returns_after_the_update_in_progress_without_the_stag
         assert learner.run() == n
         assert learner.feed.updates == n and learner.feed.discarded == 1
         assert learner.updates == n
+
+
+def test_a_stopped_learner_gives_up_an_update_that_has_not_stepped_yet():
+    """The stop reaches the learner while its update runs the critic's forward pass (the
+    slow part on a busy CPU): run() returns without finishing that update, the agent is as
+    after the last whole one, and the update is not counted."""
+    import threading
+
+    from distdrq.config import load_config
+    from distdrq.distributed.learner import Learner
+
+    learner = Learner.__new__(Learner)
+    learner._stop_now = threading.Event()
+    learner._lock = threading.Lock()
+    learner._frames, learner.updates, learner.version, learner.abandoned_updates = 0, 0, 0, 0
+    learner.cfg = load_config("cartpole_swingup")
+    learner.publisher = type("P", (), {"flush": lambda self: None, "publish": print})()
+    learner._report = lambda: _Reply()
+    torch.manual_seed(0)
+    learner.agent = make_agent(OBS_SHAPE, ACTION_DIM, tiny_cfg())
+    learner.feed = DeviceFeed(learner.agent, OBS_SHAPE, ACTION_DIM, batch_size=8)
+    batches = iter(random_batch(8, seed=i) for i in range(100))
+
+    def stage(pending):
+        host = learner.feed.host_buffer()
+        for key, value in vars(next(batches)).items():
+            getattr(host, key)[...] = value
+        learner.feed.stage(host)
+        return True
+
+    learner._stage_next = stage
+    stop_at = 3  # the stop comes during the critic's forward pass of the fourth update
+
+    def stop_in_fourth_update(*_) -> None:
+        if learner.updates == stop_at:
+            learner.stop()
+
+    learner.agent.critic.register_forward_pre_hook(stop_in_fourth_update)
+    stage(None)
+    made = learner.run()
+    assert made == learner.updates == stop_at and learner.abandoned_updates == 1
+    assert learner.agent.num_updates == stop_at
