@@ -4,6 +4,8 @@ step the update runs to its end, and the checks never change the maths."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from test_drq import ACTION_DIM, OBS_SHAPE, random_batch, tiny_cfg
@@ -18,16 +20,7 @@ def tiny_agent(algo: str):
 
 
 def _state(agent) -> dict:
-    def clone(x):
-        if isinstance(x, torch.Tensor):
-            return x.detach().clone()
-        if isinstance(x, dict):
-            return {k: clone(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return [clone(v) for v in x]
-        return x
-
-    return clone(agent.state_dict())
+    return copy.deepcopy(agent.state_dict())  # tensors cloned, not views of live weights
 
 
 def _assert_same(a, b) -> None:
