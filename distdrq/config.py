@@ -238,6 +238,11 @@ class ReplayConfig:
     decode_threads: int = 2
     """threads decoding replay frames in the learner's process (decode_on=learner; also in
     distdrq train); give it the cores the shards no longer spend on decoding"""
+    learner_cache_mb: int = 4096
+    """coded frames the learner keeps (decode_on=learner, distdrq launch), so that a frame's
+    bytes cross from its shard once, not each time it is drawn: MB of learner memory, split
+    over the shards; hits are about this size over the replay's coded size (walker_walk: about
+    5 GB per million transitions); 0: every batch brings all its frames' bytes"""
 
     def learner_decodes(self) -> bool:
         """Whether batches travel coded and are decoded on the learner's side."""
@@ -394,6 +399,7 @@ _ORDERED = (  # the first < the second
 _HALF_OPEN = ("sdpg.target_critic_alpha",)  # [0, 1)
 
 _NON_NEGATIVE = (
+    "replay.learner_cache_mb",
     "agent.num_expl_steps",
     "agent.stddev_clip",
     "agent.stddev_schedule.initial",

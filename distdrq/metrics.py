@@ -80,6 +80,14 @@ class RunMetrics:
         self.eval_return = gauge("distdrq_eval_return", "last evaluation mean return")
         self.restarts = counter("distdrq_actor_restarts", "actor restarts", ("role",))
         self.gpu_memory = gauge("distdrq_learner_gpu_memory_bytes", "peak learner GPU memory")
+        self.batch_bytes = gauge(
+            "distdrq_replay_batch_bytes",
+            "mean bytes a batch brought from the shards to the learner",
+        )
+        self.frame_cache = gauge(
+            "distdrq_learner_frame_cache_bytes",
+            "coded frames the learner keeps (replay.learner_cache_mb)",
+        )
         self.version = gauge("distdrq_weight_version", "newest published weight version")
         self.sigma = gauge("distdrq_sdpg_policy_std", "SDPG: mean policy std of the last iteration")
         self.temperature = gauge("distdrq_sdpg_temperature", "SDPG: entropy temperature")
@@ -139,6 +147,8 @@ class RunMetrics:
             (self.lag, learner.get("policy_lag_mean")),
             (self.lag_max, learner.get("policy_lag_max")),
             (self.gpu_memory, learner.get("gpu_memory_bytes")),
+            (self.batch_bytes, learner.get("replay_bytes_per_batch")),
+            (self.frame_cache, learner.get("frame_cache_bytes")),
             (self.sigma, learner.get("sigma")),
             (self.temperature, learner.get("temperature")),
             (self.iteration, learner.get("iteration_s")),

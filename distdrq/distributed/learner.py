@@ -144,7 +144,11 @@ class Learner:
             DecoderPool(cfg.replay.decode_threads) if cfg.replay.learner_decodes() else None
         )
         self.client = ReplayClient(
-            shards, seed=cfg.train.seed + 31 * self.starts, limiter=limiter, decoder=self.decoder
+            shards,
+            seed=cfg.train.seed + 31 * self.starts,
+            limiter=limiter,
+            decoder=self.decoder,
+            cache_bytes=cfg.replay.learner_cache_mb << 20 if self.decoder is not None else 0,
         )
         # batches are assembled (and decoded) into its host buffers, pinned on a GPU node
         self.feed = DeviceFeed(
@@ -281,6 +285,10 @@ class Learner:
         out["sample_wait_seconds"] = self._sample_wait
         out["nonfinite_batches"] = float(self.nonfinite_batches)
         out["replay_decode_failures"] = float(self.client.decode_failures)
+        client = self.client
+        if client.batches_received:
+            out["replay_bytes_per_batch"] = client.bytes_received / client.batches_received
+        out["frame_cache_bytes"] = float(client.cache_bytes)
         out["updates"] = float(self.updates)
         if self.agent.device.type == "cuda":
             out["gpu_memory_bytes"] = float(torch.cuda.max_memory_allocated(self.agent.device))

@@ -18,9 +18,11 @@ into that buffer.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from distdrq.config import ReplayConfig
 from distdrq.distributed import crash_tracebacks
 from distdrq.replay import ChunkRejected, ReplayShard
 from distdrq.replay.decoding import CodedBatch, CodedBatchError, DecoderPool, assemble_batch
+from distdrq.replay.framecache import CacheReply, CacheRequest, FrameCache, SentFrames, new_token
 from distdrq.replay.ratelimit import RateLimiter, RateLimiterClosed
 from distdrq.replay.shard import disk_state
 from distdrq.replay.snapshot import SnapshotError, SnapshotStore, read_snapshot
@@ -48,6 +51,8 @@ class ShardReply:
     if the rate limiter or an empty shard said no"""
     sampleable: int
     """valid n-step start indices in the shard after this call"""
+    cache: CacheReply | None = None
+    """what the client's frame cache does with a coded batch (it was asked to keep one)"""
 
 
 class ReplayServer:
@@ -92,6 +97,11 @@ class ReplayServer:
         )
         self.disk_codec = cfg.disk_codec
         self.send_coded = cfg.learner_decodes()
+        self.incarnation = new_token()
+        """this process's name in frame-cache replies: a restarted shard is a new one"""
+        self._clients: OrderedDict[int, SentFrames] = OrderedDict()
+        """what each client's frame cache holds (the two latest clients: a learner and the one
+        that replaced it)"""
         self.limiter = (
             RateLimiter(samples_per_insert, min_size_to_sample)
             if samples_per_insert is not None
@@ -173,13 +183,19 @@ class ReplayServer:
 
     @ray.method(concurrency_group="sample")
     def sample(
-        self, batch_size: int, timeout: float | None = 5.0, permit: bool = True
+        self,
+        batch_size: int,
+        timeout: float | None = 5.0,
+        permit: bool = True,
+        cache: CacheRequest | None = None,
     ) -> ShardReply:
         """Sample ``batch_size`` transitions once the rate limiter allows (their frames left
         coded with ``replay.decode_on=learner``, for the client to decode).
 
         ``permit`` is the reply of the run's global :class:`RateLimiterServer` (passed as an
         ObjectRef, so Ray runs this call only after the permit is granted or refused).
+        ``cache``: the client keeps the coded frames it receives (frames it holds go by key;
+        :mod:`~distdrq.replay.framecache`).
         """
         with self._lock:
             sampleable = self.shard.num_sampleable
@@ -191,9 +207,29 @@ class ReplayServer:
         except RateLimiterClosed:
             return ShardReply(None, sampleable)
         with self._lock:  # a coded batch holds a copy of its bytes: valid after the lock
-            if self.send_coded:
-                return ShardReply(self.shard.sample_coded(batch_size), self.shard.num_sampleable)
-            return ShardReply(self.shard.sample(batch_size), self.shard.num_sampleable)
+            if not self.send_coded:
+                return ShardReply(self.shard.sample(batch_size), self.shard.num_sampleable)
+            sent = self._sent_frames(cache) if cache is not None else None
+            batch = self.shard.sample_coded(batch_size, sent=sent)
+            reply = ShardReply(batch, self.shard.num_sampleable)
+            if sent is not None:
+                reply.cache = sent.finish()
+                reply.cache.incarnation = self.incarnation
+            return reply
+
+    def _sent_frames(self, request: CacheRequest) -> SentFrames:
+        """The record of what the requesting client holds, updated by its acknowledgements and
+        the episodes that left (under the lock)."""
+        sent = self._clients.pop(request.token, None)
+        if sent is None:
+            sent = SentFrames(request.budget)
+        self._clients[request.token] = sent  # the newest client last
+        while len(self._clients) > 2:
+            self._clients.popitem(last=False)
+        sent.budget = request.budget
+        sent.ack(request.acks)
+        self.shard.forget_gone(sent)
+        return sent
 
     # -- maintenance -------------------------------------------------------------------------
 
@@ -324,9 +360,12 @@ class ReplayClient:
         seed: int = 0,
         limiter: Any | None = None,
         decoder: DecoderPool | None = None,
+        cache_bytes: int = 0,
     ) -> None:
         """``limiter``: the run's :class:`RateLimiterServer` handle (None: shards' own only);
-        ``decoder``: the threads that decode coded batches (None: the calling thread)."""
+        ``decoder``: the threads that decode coded batches (None: the calling thread);
+        ``cache_bytes``: keep up to this many bytes of coded frames (split evenly over the
+        shards), so that each frame crosses once (0: every batch brings all its frames)."""
         if not shards:
             raise ValueError("ReplayClient needs at least one replay shard")
         self.shards = list(shards)
@@ -334,6 +373,15 @@ class ReplayClient:
         self.decoder = decoder
         self.decode_failures = 0
         """batches dropped because a coded part did not decode"""
+        self.bytes_received = 0
+        """bytes of the shards' replies that made batches (arrays: what crossed processes)"""
+        self.batches_received = 0
+        self._budget = int(cache_bytes) // len(self.shards)
+        self.caches = [FrameCache() for _ in self.shards] if self._budget > 0 else []
+        """each shard's frames kept here (empty list: no cache)"""
+        self._tokens = [new_token() for _ in self.shards]
+        self._incarnations: list[int | None] = [None] * len(self.shards)
+        self._acks: list[list[int]] = [[] for _ in self.shards]
         self._rng = np.random.default_rng(seed)
         self._sampleable = np.zeros(len(self.shards), dtype=np.int64)
         self._refreshed = 0.0
@@ -383,11 +431,42 @@ class ReplayClient:
         if not counts.any():
             return []
         permit = True if self.limiter is None else self.limiter.sample.remote(batch_size, timeout)
-        return [
-            (i, self.shards[i].sample.remote(int(n), timeout, permit))
-            for i, n in enumerate(counts)
-            if n
-        ]
+        pending = []
+        for i, n in enumerate(counts):
+            if not n:
+                continue
+            cache = None
+            if self.caches:
+                cache = CacheRequest(self._tokens[i], self._budget, self._acks[i])
+                self._acks[i] = []
+            pending.append((i, self.shards[i].sample.remote(int(n), timeout, permit, cache)))
+        return pending
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes of coded frames held in the frame caches."""
+        return sum(cache.nbytes for cache in self.caches)
+
+    def _receive(self, i: int, reply: ShardReply) -> None:
+        """Apply a shard's coded reply to its frame cache (a new shard incarnation clears it)
+        and look up the frames the batch names by key; :class:`CodedBatchError` if one is
+        missing."""
+        info, batch = reply.cache, reply.batch
+        if not isinstance(batch, CodedBatch) or info is None or not self.caches:
+            return
+        if self._incarnations[i] != info.incarnation:
+            self.caches[i].clear()
+            self._incarnations[i] = info.incarnation
+        batch.windows.receive(self.caches[i], info)
+        self._acks[i].append(info.seq)
+
+    def _start_over(self, i: int) -> None:
+        """Forget shard ``i``'s frames: the next request asks under a new token, so the shard
+        sends every frame afresh."""
+        if self.caches:
+            self.caches[i].clear()
+            self._tokens[i] = new_token()
+            self._acks[i] = []
 
     def collect(self, pending: list[tuple[int, Any]], out: Batch | None = None) -> Batch | None:
         """Wait for a requested batch, decode the parts that came coded and write it into
@@ -401,14 +480,21 @@ class ReplayClient:
             return None
         for (i, _), reply in zip(pending, replies, strict=True):
             self._sampleable[i] = reply.sampleable
-        if not replies or any(r.batch is None for r in replies):
-            return None
-        parts = [r.batch for r in replies]
         try:
-            return assemble_batch(parts, out, self.decoder)  # type: ignore[arg-type]
+            for (i, _), reply in zip(pending, replies, strict=True):
+                self._receive(i, reply)  # every reply: a declined batch still moved the cache
+            if not replies or any(r.batch is None for r in replies):
+                return None
+            parts = [r.batch for r in replies]
+            batch = assemble_batch(parts, out, self.decoder)  # type: ignore[arg-type]
         except CodedBatchError:  # a coded part that does not decode: counted, batch dropped
             self.decode_failures += 1
+            for i, _ in pending:
+                self._start_over(i)
             return None
+        self.batches_received += 1
+        self.bytes_received += sum(_nbytes(part) for part in parts)  # type: ignore[arg-type]
+        return batch
 
     def sample(self, batch_size: int, timeout: float | None = 5.0) -> Batch | None:
         """Sample one batch from the union of shards (blocking); None if declined."""
@@ -417,6 +503,13 @@ class ReplayClient:
     def stats(self) -> list[dict[str, Any]]:
         """Every shard's statistics."""
         return ray.get([s.stats.remote() for s in self.shards])
+
+
+def _nbytes(part: Batch | CodedBatch) -> int:
+    """Bytes of a shard's part of a batch (its arrays)."""
+    if isinstance(part, CodedBatch):
+        return part.nbytes
+    return sum(getattr(part, f.name).nbytes for f in dataclasses.fields(part))
 
 
 class RateLimiterServer:

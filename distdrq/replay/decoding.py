@@ -14,12 +14,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from distdrq.replay.codec import WindowPlan, run_plan
+from distdrq.replay.framecache import CacheReply, FrameCache, SentFrames, frame_keys
 from distdrq.replay.lz4decode import (
     DEST_ARRAY,
     DEST_ROW,
@@ -41,6 +42,12 @@ __all__ = [
     "assemble_batch",
     "empty_batch",
 ]
+
+
+_NO_KEYS = np.zeros(0, np.int64)
+_NO_INTS = np.zeros(0, np.int32)
+Keyed = tuple[SentFrames, np.ndarray, np.ndarray]
+"""what keys a batch's frames: the client's record, each episode's serial and frame count"""
 
 
 class CodedBatchError(ValueError):
@@ -76,21 +83,55 @@ class CodedWindows:
     frame_bytes: int
     rgb: bool
     by_dict: bool
+    cache_keys: np.ndarray = field(default_factory=_NO_KEYS.copy)
+    """int64 [c]: keys of the frames the learner's cache holds (item ``i`` with
+    ``offset[i] = -1 - j`` reads frame ``cache_keys[j]`` there; :mod:`~distdrq.replay.framecache`)"""
+    new_keys: np.ndarray = field(default_factory=_NO_KEYS.copy)
+    """int64 [f]: keys of the payload's frames, for the learner's cache (empty: no cache)"""
+    new_offset: np.ndarray = field(default_factory=_NO_INTS.copy)
+    """int32 [f]: where each of ``new_keys``' bytes start in ``payload``"""
+    new_size: np.ndarray = field(default_factory=_NO_INTS.copy)
+    """int32 [f]"""
+    cache_src: np.ndarray | None = None
+    """int64 [c]: where the cached frames lie in the learner's memory (set there, not sent)"""
+    cache_size: np.ndarray | None = None
+    """int64 [c]: their sizes in the cache (checked against the items')"""
 
     @classmethod
-    def pack(cls, plan: WindowPlan) -> CodedWindows:
+    def pack(cls, plan: WindowPlan, keyed: Keyed | None = None) -> CodedWindows:
         """The plan's bytes copied out of the shard's storage (safe to send and to keep after
-        the shard evicts the episodes)."""
+        the shard evicts the episodes). With ``keyed`` (the client's :class:`SentFrames`, and
+        the serials and frame counts of the plan's episodes), frames the client holds go by
+        key instead of by bytes."""
         _, first, inverse = np.unique(plan.frame, return_index=True, return_inverse=True)
         sizes = plan.size[first]
+        small = np.int32  # tables travel at half size; the kernel reads int64
+        extra: dict[str, np.ndarray] = {}
+        held = np.zeros(sizes.size, bool)
+        if keyed is not None:
+            sent, serials, lengths = keyed
+            ends = np.cumsum(lengths)
+            table = np.searchsorted(ends, plan.frame[first], side="right")
+            index = plan.frame[first] - (ends - lengths)[table]
+            keys = frame_keys(serials[table], index)
+            held = sent.split(serials[table], index, sizes)
+        fresh = ~held
         starts = np.zeros(sizes.size, np.int64)
-        np.cumsum(sizes[:-1], out=starts[1:])
-        payload = np.empty(int(sizes.sum()), np.uint8)
-        gather_bytes(plan.src[first], sizes, starts, payload)
+        np.cumsum(np.where(fresh, sizes, 0)[:-1], out=starts[1:])
+        starts[held] = -1 - np.arange(int(held.sum()))
+        payload = np.empty(int(sizes[fresh].sum()), np.uint8)
+        gather_bytes(plan.src[first][fresh], sizes[fresh], starts[fresh], payload)
         if payload.size >= 2**31:
             raise ValueError("a coded batch holds at most 2 GiB of frames; sample fewer")
-        small = np.int32  # tables travel at half size; the kernel reads int64
+        if keyed is not None:
+            extra = {
+                "cache_keys": keys[held],
+                "new_keys": keys[fresh],
+                "new_offset": starts[fresh].astype(small),
+                "new_size": sizes[fresh].astype(small),
+            }
         return cls(
+            **extra,
             payload=payload,
             offset=starts[inverse.reshape(-1)].astype(small),
             size=plan.size.astype(small),
@@ -112,17 +153,43 @@ class CodedWindows:
     @property
     def nbytes(self) -> int:
         """Bytes of its arrays (what it costs to send)."""
-        arrays = (self.payload, self.offset, self.size, self.items, self.copies)
-        return int(sum(a.nbytes for a in arrays) + self.item_end.nbytes + self.copy_end.nbytes)
+        arrays = (self.payload, self.offset, self.size, self.items, self.copies, self.item_end)
+        keyed = (self.cache_keys, self.new_keys, self.new_offset, self.new_size)
+        return int(sum(a.nbytes for a in (*arrays, *keyed)) + self.copy_end.nbytes)
+
+    def receive(self, cache: FrameCache, reply: CacheReply) -> None:
+        """On the learner's side, with the frame cache of the shard that sent it: apply the
+        shard's reply to the cache (drops, then this batch's new frames) and look up the
+        frames it names by key; :class:`CodedBatchError` if the cache lacks one (the caller
+        starts that shard's cache over)."""
+        cache.ingest(
+            reply.seq,
+            reply.drops,
+            reply.drop_seqs,
+            self.new_keys,
+            self.payload,
+            self.new_offset,
+            self.new_size,
+        )
+        found = cache.addresses(self.cache_keys)
+        if found is None:
+            raise CodedBatchError("coded windows: a frame named by key is not in the frame cache")
+        self.cache_src, self.cache_size = found
 
     def plan(self) -> WindowPlan:
-        """The plan that decodes it, addressing ``payload`` (which must outlive the decoding);
-        :class:`CodedBatchError` if its tables point outside its payload or the output rows."""
+        """The plan that decodes it, addressing ``payload`` and the cached frames (which must
+        outlive the decoding); :class:`CodedBatchError` if its tables point outside its payload,
+        its cached frames or the output rows."""
         self.check()
         base = self.payload.ctypes.data if self.payload.size else 0
         wide = np.int64
+        src = base + self.offset.astype(wide)
+        if self.cache_keys.size:
+            cached = self.offset < 0
+            assert self.cache_src is not None  # check() said so
+            src[cached] = self.cache_src[-1 - self.offset[cached].astype(wide)]
         return WindowPlan(
-            src=base + self.offset.astype(wide),
+            src=src,
             size=self.size.astype(wide),
             frame=self.offset.astype(wide),
             items=self.items.astype(wide),
@@ -146,8 +213,16 @@ class CodedWindows:
         if self.offset.shape != (n,) or self.items.shape != (4, n) or self.copies.shape[0] != 4:
             raise CodedBatchError("coded windows: item tables of inconsistent lengths")
         offset, size = self.offset.astype(np.int64), self.size.astype(np.int64)  # no wrapping
-        if n and (size.min() < 1 or offset.min() < 0 or (offset + size).max() > self.payload.size):
+        cached = offset < 0
+        if n and (size.min() < 1 or (offset + size)[~cached].max(initial=0) > self.payload.size):
             raise CodedBatchError("coded windows: an item's bytes lie outside the payload")
+        if cached.any():
+            slot = -1 - offset[cached]
+            c = self.cache_keys.size
+            if self.cache_src is None or self.cache_size is None or self.cache_src.size != c:
+                raise CodedBatchError("coded windows: frames named by key were not looked up")
+            if slot.max() >= c or (self.cache_size[slot] != size[cached]).any():
+                raise CodedBatchError("coded windows: an item names a cached frame it does not fit")
         for ends, total in ((self.item_end, n), (self.copy_end, self.copies.shape[1])):
             if ends.shape != (windows,) or (windows and (ends[-1] != total or ends.min() < 0)):
                 raise CodedBatchError("coded windows: window ends do not match the tables")

@@ -14,6 +14,7 @@ and weight versions. Both convert to and from their part of the replay state
 from __future__ import annotations
 
 import abc
+import itertools
 
 import numpy as np
 
@@ -232,6 +233,9 @@ def decoded_frames(frames: StoredFrames, codec: str, frame_shape: tuple[int, ...
     return store.gather(np.arange(len(store)))
 
 
+_SERIALS = itertools.count(1)
+
+
 class Episode:
     """One episode's frames, per-transition data and bookkeeping.
 
@@ -239,10 +243,13 @@ class Episode:
     ``:A``, ``A``, ``A + 1``) so that sampling reads them with one gather per episode.
     """
 
-    __slots__ = ("key", "slot", "frames", "floats", "versions", "length", "ended")
+    __slots__ = ("key", "serial", "slot", "frames", "floats", "versions", "length", "ended")
 
     def __init__(self, key: int, frames: FrameStore, action_dim: int, capacity: int) -> None:
         self.key = key
+        self.serial = next(_SERIALS)
+        """unique among the episodes this process ever held (a key may come back: a writer
+        restarted, a snapshot restored); names its frames in a learner's frame cache"""
         self.slot = -1
         """its place in the sampling index, set by :class:`~distdrq.replay.sampler.SampleIndex`"""
         self.frames = frames

@@ -18,6 +18,7 @@ import numpy as np
 from distdrq.replay.codec import EpisodeFrames, decode_windows_into, plan_into
 from distdrq.replay.decoding import CodedBatch, CodedWindows, DecoderPool
 from distdrq.replay.episodes import EncodedFrameStore, Episode, grown
+from distdrq.replay.framecache import SentFrames
 from distdrq.types import Batch
 
 
@@ -164,10 +165,12 @@ class BatchAssembler:
         steps: np.ndarray,
         frame_shape: tuple[int, ...],
         small: Batch,
+        sent: SentFrames | None = None,
     ) -> CodedBatch:
         """What :meth:`assemble` would fill, with the frames left coded: ``small``'s action,
         reward, discount and version are filled (its obs and next_obs are not used) and the
-        frame windows are planned and packed (coded storage only)."""
+        frame windows are planned and packed (coded storage only); the frames a client holds
+        (``sent``, see :mod:`~distdrq.replay.framecache`) go by key."""
         if self.codec == "raw":
             raise ValueError("raw frames have nothing to decode: sample them decoded")
         k = self.frame_stack
@@ -175,8 +178,13 @@ class BatchAssembler:
         tables, local = _tables(episodes, slots)
         plan = plan_into(tables, local, self._windows(steps), (k, k))
         assert plan is not None
+        keyed = None
+        if sent is not None:
+            uniq = np.unique(slots)
+            serials = np.array([episodes[s].serial for s in uniq.tolist()], np.int64)  # type: ignore[union-attr]
+            keyed = (sent, serials, np.array([len(t) for t in tables], np.int64))
         return CodedBatch(
-            windows=CodedWindows.pack(plan),
+            windows=CodedWindows.pack(plan, keyed),
             action=small.action,
             reward=small.reward,
             discount=small.discount,

@@ -10,6 +10,7 @@ time.
 
 from __future__ import annotations
 
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -28,6 +29,7 @@ from distdrq.replay.episodes import (
     restored_frame_store,
 )
 from distdrq.replay.errors import REJECT_REASONS, ChunkRejected, ReplayStateError
+from distdrq.replay.framecache import SentFrames
 from distdrq.replay.registry import codec_spec, is_registered
 from distdrq.replay.sampler import BatchAssembler, SampleIndex
 from distdrq.replay.state import (
@@ -109,6 +111,10 @@ def disk_state(
     return parsed.to_flat()
 
 
+_CHANGES = itertools.count(1)
+"""numbers of changes to shards' sets of episodes (unique in the process)"""
+
+
 class ReplayShard:
     """Episodes stored frame-once; samples uniform over valid n-step transitions.
 
@@ -174,6 +180,7 @@ class ReplayShard:
         self._frame_shape: tuple[int, ...] | None = None
         self._action_dim: int | None = None
         self._episodes: dict[int, Episode] = {}  # insertion order = eviction order
+        self._removals = next(_CHANGES)  # episodes left: a new number (for frame caches)
         self._evicted: set[int] = set()
         self._index = SampleIndex(self.nstep)
         self._transitions = 0
@@ -242,6 +249,7 @@ class ReplayShard:
         self._index.drop_evicted()
 
     def _remove(self, episode: Episode) -> None:
+        self._removals = next(_CHANGES)
         del self._episodes[episode.key]
         self._evicted.add(episode.key)
         self._index.remove(episode)
@@ -289,13 +297,22 @@ class ReplayShard:
         slots, steps = self._draw(batch_size, rng)
         return self._gather(slots, steps, out, decoder)
 
-    def sample_coded(self, batch_size: int, rng: np.random.Generator | None = None) -> CodedBatch:
+    def sample_coded(
+        self,
+        batch_size: int,
+        rng: np.random.Generator | None = None,
+        sent: SentFrames | None = None,
+    ) -> CodedBatch:
         """:meth:`sample` with the frames left coded, for decoding elsewhere
         (``replay.decode_on=learner``): the same draws from the same generator, the same
         actions, rewards, discounts and versions, and the coded bytes of the frames the batch
         needs (a copy: it stays valid whatever the shard does next). Decoded by a
         :class:`~distdrq.replay.decoding.DecoderPool`, it is bit for bit what :meth:`sample`
-        returns. Raises :class:`ValueError` as :meth:`sample` does, and for a raw shard."""
+        returns. Raises :class:`ValueError` as :meth:`sample` does, and for a raw shard.
+
+        ``sent``: what a client's frame cache holds (:mod:`~distdrq.replay.framecache`); those
+        frames go by key, the others by bytes (and are recorded as sent). Call
+        :meth:`forget_gone` on it first."""
         if self.codec == "raw":
             raise ValueError("a raw shard has nothing to decode: use sample()")
         slots, steps = self._draw(batch_size, rng)
@@ -309,8 +326,15 @@ class ReplayShard:
             version=np.empty(batch_size, np.int64),
         )
         return self._assembler.assemble_coded(
-            self._index.slots, slots, steps, self._frame_shape, small
+            self._index.slots, slots, steps, self._frame_shape, small, sent
         )
+
+    def forget_gone(self, sent: SentFrames) -> None:
+        """Tell a client's record of sent frames which episodes left this shard since it was
+        last told (their frames are dropped from the client's cache)."""
+        if sent.removals_seen != self._removals:
+            sent.retain({episode.serial for episode in self._episodes.values()})
+            sent.removals_seen = self._removals
 
     def _draw(
         self, batch_size: int, rng: np.random.Generator | None

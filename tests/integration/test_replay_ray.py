@@ -128,14 +128,12 @@ def test_rate_limiter_declines_and_close_releases(ray_cluster):
     ray.kill(shard, no_restart=True)
 
 
-def test_coded_batches_cross_ray_and_decode_as_the_shard_would(ray_cluster):
-    """replay.decode_on=learner: a shard actor sends its parts coded, through Ray's object
-    store; the client decodes them on two threads into its buffer, and every batch equals, bit
-    for bit, what a local shard fed the same chunks (same seed) samples and decodes itself."""
+def _coded_shard_and_twin(prefix: str, seed: int, snapshot_dir: str | None = None):
+    """One lz4d-star32 shard actor sending coded batches, and a local shard with its seed (fed
+    the same chunks, it draws and decodes the same batches)."""
     from distdrq.replay import ReplayShard
-    from distdrq.replay.decoding import CodedBatch, DecoderPool
 
-    codec, seed = "lz4d-star32", 5
+    codec = "lz4d-star32"
     cfg = ReplayConfig(capacity=10_000, nstep=3, discount=0.99, codec=codec, decode_on="learner")
     (shard,) = start_replay_shards(
         1,
@@ -143,11 +141,22 @@ def test_coded_batches_cross_ray_and_decode_as_the_shard_would(ray_cluster):
         frame_stack=3,
         samples_per_insert=None,
         min_size_to_sample=10,
-        name_prefix="t3",
+        name_prefix=prefix,
+        snapshot_dir=snapshot_dir,
         seed=seed,
         num_cpus=0.5,
     )
-    local = ReplayShard(10_000, 3, 0.99, 3, seed=seed, codec=codec)  # shard 0's own seed
+    return shard, ReplayShard(10_000, 3, 0.99, 3, seed=seed, codec=codec)  # shard 0's seed
+
+
+def test_coded_batches_cross_ray_and_decode_as_the_shard_would(ray_cluster):
+    """replay.decode_on=learner: a shard actor sends its parts coded, through Ray's object
+    store; the client decodes them on two threads into its buffer, and every batch equals, bit
+    for bit, what a local shard fed the same chunks (same seed) samples and decodes itself."""
+    from distdrq.replay.decoding import CodedBatch, DecoderPool
+
+    codec, seed = "lz4d-star32", 5
+    shard, local = _coded_shard_and_twin("t3", seed)
     writer = EpisodeWriter(0, chunk_length=25, codec=codec)
     for version in range(3):
         chunks = _episode(writer, 60, version=version)
@@ -166,4 +175,68 @@ def test_coded_batches_cross_ray_and_decode_as_the_shard_would(ray_cluster):
             for name in ("obs", "next_obs", "action", "reward", "discount", "version"):
                 np.testing.assert_array_equal(getattr(out, name), getattr(expected, name))
     assert client.decode_failures == 0
+    ray.kill(shard, no_restart=True)
+
+
+def test_learner_frame_cache_sends_each_frame_once_across_ray(ray_cluster, tmp_path):
+    """replay.learner_cache_mb: through a real shard actor, the client keeps the coded frames it
+    receives and later batches name them by key; every batch still equals what a local shard
+    fed the same chunks decodes itself. A warm batch carries a fraction of a cold one's bytes.
+    A cache that lost its frames costs one dropped batch (counted) and starts over; a shard
+    restarted from its snapshot is a new incarnation: the client forgets its frames."""
+    from distdrq.replay.decoding import DecoderPool
+
+    codec, seed = "lz4d-star32", 11
+    shard, local = _coded_shard_and_twin("t4", seed, str(tmp_path))
+    writer = EpisodeWriter(0, chunk_length=25, codec=codec)
+
+    def insert(version: int) -> None:
+        chunks = _episode(writer, 40, version=version)
+        assert all(ray.get([shard.insert.remote(c) for c in chunks]))
+        for chunk in chunks:
+            local.insert(chunk)
+
+    def exact(batch) -> None:
+        expected = local.sample(64)
+        assert batch is not None
+        for name in ("obs", "next_obs", "action", "reward", "discount", "version"):
+            np.testing.assert_array_equal(getattr(batch, name), getattr(expected, name))
+
+    for version in range(2):
+        insert(version)
+    with DecoderPool(2) as pool:
+        client = ReplayClient([shard], seed=0, decoder=pool, cache_bytes=64 << 20)
+        out = local.empty_batch(64)
+        sizes = []
+        for i in range(12):
+            if i == 6:
+                insert(2)  # new frames arrive: sent once, then named by key
+            before = client.bytes_received
+            exact(client.collect(client.request(64), out))
+            sizes.append(client.bytes_received - before)
+        assert client.cache_bytes > 0 and client.decode_failures == 0
+        # 8x8 test frames: ~200 coded bytes against 24 bytes of tables per item, so the
+        # tables are half of a cold batch (84x84 frames: ~5 kB; benchmarks/replay.py)
+        assert max(sizes[3:6]) < 0.6 * sizes[0] and sizes[6] > max(sizes[3:6]), sizes
+
+        client.caches[0].clear()  # lost without the shard knowing: one batch fails, then well
+        assert client.collect(client.request(64), out) is None
+        local.sample(64)
+        assert client.decode_failures == 1
+        exact(client.collect(client.request(64), out))
+
+        assert ray.get(shard.snapshot.remote()) is not None
+        old = client._incarnations[0]
+        ray.kill(shard, no_restart=False)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if ray.get(shard.stats.remote(), timeout=10)["restored_from"]:
+                    break
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                pass
+            assert time.monotonic() < deadline, "shard did not come back"
+            time.sleep(0.5)
+        exact(client.collect(client.request(64), out))  # the restored shard's draws
+        assert client._incarnations[0] != old and client.decode_failures == 1
     ray.kill(shard, no_restart=True)
