@@ -32,8 +32,17 @@ machine with a free core per thread. Bytes crossing Ray per batch: the pickled s
 batches (not timed: Ray's copies of the 32.5 MB decoded batch into and out of the object
 store would add to shard-side decoding's time, not to the learner side's).
 
+The learner's frame cache (``replay.learner_cache_mb``): the same shard sends coded batches
+to a :class:`FrameCache` through a :class:`SentFrames` record, each reply acknowledged before
+the next (one request in flight). ``--warm`` batches fill the cache as a long run does (every
+frame drawn at least once: a walker batch draws ~2,000 of the shard's 100k frames), then the
+timed loop times a warm batch end to end and the shard's part alone. Its bytes per batch are
+those of a steady state measured after the loop over ``--steady`` batches: a new episode's
+transitions arrive at DrQ-v2's replay ratio (2 per batch of 256: one update per 2 agent steps),
+so each batch brings its share of new frames by bytes and names the rest by key.
+
     python benchmarks/replay.py [--episodes 2] [--reps 40] [--codecs lz4-key16,lz4d-star32]
-        [--copies 1] [--no-disk] [--decode-paths]
+        [--copies 1] [--no-disk] [--decode-paths] [--warm 400] [--steady 500]
 """
 
 from __future__ import annotations
@@ -64,6 +73,7 @@ from distdrq.replay import (  # noqa: E402
     drqv2_bytes_per_transition,
 )
 from distdrq.replay.decoding import DecoderPool  # noqa: E402
+from distdrq.replay.framecache import FrameCache, SentFrames  # noqa: E402
 from distdrq.replay.shard import disk_state  # noqa: E402
 from distdrq.replay.snapshot import read_snapshot, write_snapshot  # noqa: E402
 
@@ -93,17 +103,25 @@ def fill(
         for out in chunks:
             shard.insert(out)
         for _ in range(copies - 1):  # the same bytes as another episode, in memory of its own
-            key = shard.num_episodes + 10**6
-            for out in chunks:
-                enc = out.encoded
-                if enc is not None:
-                    payload = bytearray(memoryview(enc.payload))
-                    enc = dataclasses.replace(enc, payload=np.frombuffer(payload, np.uint8))
-                frames_copy = np.array(out.frames, copy=True)
-                shard.insert(
-                    dataclasses.replace(out, episode_key=key, frames=frames_copy, encoded=enc)
-                )
+            insert_copy(shard, chunks)
+        FILLED[id(shard)] = chunks
     return spent
+
+
+FILLED: dict[int, list] = {}
+"""a shard's last episode's chunks as written (for :func:`insert_copy` later)"""
+
+
+def insert_copy(shard: ReplayShard, chunks: list) -> None:
+    """One more episode into ``shard``: ``chunks``' bytes copied, under a new key."""
+    key = shard.num_episodes + 10**6 + len(shard)
+    for out in chunks:
+        enc = out.encoded
+        if enc is not None:
+            payload = bytearray(memoryview(enc.payload))
+            enc = dataclasses.replace(enc, payload=np.frombuffer(payload, np.uint8))
+        frames_copy = np.array(out.frames, copy=True)
+        shard.insert(dataclasses.replace(out, episode_key=key, frames=frames_copy, encoded=enc))
 
 
 def disk_rows(task: str, shard: ReplayShard, frames: int, tmp: Path) -> list[dict]:
@@ -257,6 +275,27 @@ def decode_path_rows(task: str, args: argparse.Namespace) -> list[dict]:
     def learner(pool: DecoderPool, out) -> None:
         pool.assemble([coded.sample_coded(256)], out)
 
+    # the learner's frame cache (replay.learner_cache_mb): shard's part, then the learner's,
+    # each reply acknowledged by the next (as with one request in flight)
+    sent, cache = SentFrames(4096 << 20), FrameCache()
+
+    def cached_part(rng=None):
+        part = coded.sample_coded(256, rng=rng, sent=sent)
+        return part, sent.finish()
+
+    def cached(pool: DecoderPool | None, out, rng=None) -> int:
+        part, reply = cached_part(rng)
+        part.windows.receive(cache, reply)
+        sent.ack([reply.seq])
+        if pool is not None:
+            pool.assemble([part], out)
+        return len(pickle.dumps((part, reply), protocol=5))
+
+    for _ in range(args.warm):  # the cache fills as a long run's does: every frame drawn
+        cached(None, None)
+    cached(pools[2], outs[1], np.random.default_rng(1))  # warm: nearly every frame by key
+    assert all(np.array_equal(getattr(outs[1], f), getattr(expected, f)) for f in FIELDS)
+
     steps = {
         "raw shard": lambda: raw.sample(256, out=outs[0]),
         "shard-side": lambda: coded.sample(256, out=outs[1]),
@@ -273,8 +312,19 @@ def decode_path_rows(task: str, args: argparse.Namespace) -> list[dict]:
         "  shard's part (plan, pack)": lambda: coded.sample_coded(256),
         "  learner's part, 1 thread": lambda: pools[1].assemble([parked], outs[4]),
         "  learner's part, 2 threads": lambda: pools[2].assemble([parked], outs[5]),
+        "coded batch + frame cache (warm), 2 threads": lambda: cached(pools[2], outs[3]),
+        "  shard's part with frame cache": cached_part,
     }
     times, cpu, critical = timed_loop(steps, list(pools.values()), args.reps)
+    # steady state: a new episode's transitions arrive at DrQ-v2's ratio (2 per batch of 256:
+    # one update per 2 agent steps), each replacing an old one's in a full replay
+    per_episode = len(coded) // coded.num_episodes
+    steady = []
+    for i in range(args.steady):
+        if i % (per_episode // 2) == 0:
+            insert_copy(coded, FILLED[id(coded)])
+        steady.append(cached(None, None))
+    sizes["cache"] = steady
     for pool in pools.values():
         pool.close()
     bps = {name: 1.0 / np.median(t) for name, t in times.items()}
@@ -290,7 +340,9 @@ def decode_path_rows(task: str, args: argparse.Namespace) -> list[dict]:
             vs_shard=bps[name] / bps["shard-side"],
             vs_raw=bps[name] / bps["raw shard"],
             bytes=(
-                float(np.mean(sizes["learner"]))
+                float(np.mean(sizes["cache"]))
+                if "frame cache" in name and name.startswith("coded")
+                else float(np.mean(sizes["learner"]))
                 if name.startswith("coded")
                 else shard_bytes
                 if name in ("shard-side", "raw shard")
@@ -334,6 +386,15 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=Path("/tmp/codec_data"))
     p.add_argument("--copies", type=int, default=1, help="copies of each episode in a shard")
     p.add_argument("--no-disk", action="store_true", help="skip the snapshot (disk) table")
+    p.add_argument(
+        "--warm", type=int, default=400, help="batches that fill the frame cache before timing"
+    )
+    p.add_argument(
+        "--steady",
+        type=int,
+        default=500,
+        help="batches of the frame cache's steady state (new transitions arriving) for its bytes",
+    )
     p.add_argument(
         "--decode-paths",
         action="store_true",

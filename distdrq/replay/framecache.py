@@ -183,11 +183,21 @@ class SentFrames:
 
 
 class FrameCache:
-    """Client side: the coded frames received from one shard, by key."""
+    """Client side: the coded frames received from one shard, by key.
+
+    Each frame is a copy of its own (dropping one frees it); a key maps to a slot of flat
+    address, size and reply-number arrays, so a batch's ~2,000 keys are looked up in one pass."""
 
     def __init__(self) -> None:
-        self._frames: dict[int, tuple[int, np.ndarray, int]] = {}
-        """key -> (address, bytes, number of the reply that brought them)"""
+        self._slot: dict[int, int] = {}
+        """key -> slot"""
+        self._addr = np.zeros(0, np.int64)
+        self._size = np.zeros(0, np.int64)
+        self._seq = np.zeros(0, np.int64)
+        """slot -> number of the reply that brought the frame"""
+        self._data: list[np.ndarray | None] = []
+        """slot -> the frame's bytes (keeps them alive)"""
+        self._free: list[int] = []
         self._by_serial: dict[int, list[int]] = {}
         self._dropped: dict[int, int] = {}
         """serial -> the reply whose drop came (frames from earlier replies are void)"""
@@ -195,13 +205,31 @@ class FrameCache:
         self._newest = 0
 
     def __len__(self) -> int:
-        return len(self._frames)
+        return len(self._slot)
 
     def clear(self) -> None:
-        self._frames.clear()
-        self._by_serial.clear()
-        self._dropped.clear()
-        self.nbytes = 0
+        self.__init__()  # type: ignore[misc]
+
+    def _release(self, key: int) -> None:
+        slot = self._slot.pop(key)
+        self.nbytes -= int(self._size[slot])
+        self._data[slot] = None
+        self._free.append(slot)
+
+    def _store(self, key: int, data: np.ndarray, seq: int) -> None:
+        if not self._free:
+            old = len(self._data)
+            grow = max(1024, old)
+            self._addr = np.concatenate([self._addr, np.zeros(grow, np.int64)])
+            self._size = np.concatenate([self._size, np.zeros(grow, np.int64)])
+            self._seq = np.concatenate([self._seq, np.zeros(grow, np.int64)])
+            self._data.extend([None] * grow)
+            self._free.extend(range(old + grow - 1, old - 1, -1))
+        slot = self._free.pop()
+        self._slot[key] = slot
+        self._addr[slot], self._size[slot], self._seq[slot] = data.ctypes.data, data.size, seq
+        self._data[slot] = data
+        self.nbytes += data.size
 
     def ingest(
         self,
@@ -219,12 +247,11 @@ class FrameCache:
             self._dropped[serial] = max(decided, self._dropped.get(serial, -1))
             kept = []
             for key in self._by_serial.pop(serial, ()):
-                entry = self._frames.get(key)
-                if entry is None:
+                slot = self._slot.get(key)
+                if slot is None:
                     continue
-                if entry[2] < decided:
-                    del self._frames[key]
-                    self.nbytes -= entry[1].size
+                if self._seq[slot] < decided:
+                    self._release(key)
                 else:
                     kept.append(key)
             if kept:
@@ -235,16 +262,14 @@ class FrameCache:
         ):
             if self._dropped.get(serial, -1) > seq:
                 continue  # a late reply: the shard dropped this episode after sending it
-            old = self._frames.get(key)
-            if old is None:
+            slot = self._slot.get(key)
+            if slot is None:
                 self._by_serial.setdefault(serial, []).append(key)
-            elif old[2] >= seq:
+            elif self._seq[slot] >= seq:
                 continue  # the copy of a later reply (same bytes) stays, with its number
             else:
-                self.nbytes -= old[1].size
-            data = payload[start : start + n].copy()
-            self._frames[key] = (data.ctypes.data, data, seq)
-            self.nbytes += n
+                self._release(key)
+            self._store(key, payload[start : start + n].copy(), seq)
         if seq > self._newest:
             self._newest = seq
             if len(self._dropped) > 4096:  # a drop older than any reply in flight is done
@@ -254,11 +279,8 @@ class FrameCache:
     def addresses(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """int64 addresses and sizes of the frames ``keys`` (alive until the next
         :meth:`ingest`); None if one is missing."""
-        frames = self._frames
         try:
-            entries = [frames[k] for k in keys.tolist()]
+            slots = np.fromiter(map(self._slot.__getitem__, keys.tolist()), np.int64, keys.size)
         except KeyError:
             return None
-        addr = np.fromiter((e[0] for e in entries), np.int64, len(entries))
-        size = np.fromiter((e[1].size for e in entries), np.int64, len(entries))
-        return addr, size
+        return self._addr[slots], self._size[slots]

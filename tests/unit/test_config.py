@@ -116,6 +116,7 @@ AGENT_RULES = [
         ("replay.nstep=0", "replay.nstep=0 must be > 0"),
         ("replay.decode_on=gpu", "replay.decode_on='gpu' is not allowed; choose one of: learner"),
         ("replay.decode_threads=0", "replay.decode_threads=0 must be > 0"),
+        ("replay.learner_cache_mb=-1", "replay.learner_cache_mb=-1 must be >= 0"),
         ("env.image_size=8", "env.image_size=8 is too small; use 16 or more"),
         ("env.camera_id=-2", "env.camera_id=-2 must be -1 (the task's default camera) or >= 0"),
         ("distributed.learner_gpus=-0.5", "distributed.learner_gpus=-0.5 must be -1 (one GPU if"),
