@@ -82,7 +82,7 @@ class RunMetrics:
         self.gpu_memory = gauge("distdrq_learner_gpu_memory_bytes", "peak learner GPU memory")
         self.batch_bytes = gauge(
             "distdrq_replay_batch_bytes",
-            "mean bytes a batch brought from the shards to the learner",
+            "bytes a batch brought from the shards to the learner (mean since the last reading)",
         )
         self.frame_cache = gauge(
             "distdrq_learner_frame_cache_bytes",

@@ -166,6 +166,7 @@ class Learner:
         self.abandoned_updates = 0
         self._report_lock = threading.Lock()  # the report never waits for an update
         self._metrics_now: dict[str, float] = {}
+        self._received = (0, 0)  # the client's bytes and batches at the last report
         self._lag: deque[float] = deque(maxlen=200)
         self._sample_wait = 0.0
         self._latencies: list[float] = []
@@ -285,9 +286,14 @@ class Learner:
         out["sample_wait_seconds"] = self._sample_wait
         out["nonfinite_batches"] = float(self.nonfinite_batches)
         out["replay_decode_failures"] = float(self.client.decode_failures)
-        client = self.client
-        if client.batches_received:
-            out["replay_bytes_per_batch"] = client.bytes_received / client.batches_received
+        client, (bytes_then, batches_then) = self.client, self._received
+        if client.batches_received > batches_then:  # the batches since the last report
+            out["replay_bytes_per_batch"] = (client.bytes_received - bytes_then) / (
+                client.batches_received - batches_then
+            )
+            self._received = (client.bytes_received, client.batches_received)
+        elif "replay_bytes_per_batch" in self._metrics_now:
+            out["replay_bytes_per_batch"] = self._metrics_now["replay_bytes_per_batch"]
         out["frame_cache_bytes"] = float(client.cache_bytes)
         out["updates"] = float(self.updates)
         if self.agent.device.type == "cuda":

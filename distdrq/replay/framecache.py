@@ -97,28 +97,30 @@ class SentFrames:
         self.removals_seen = -1
         """the shard's count of episode removals when it last told this record"""
         self._state: dict[int, np.ndarray] = {}
-        """serial -> int32 per frame: -1 not held, -2 held, s >= 0 in flight in reply s"""
+        """serial -> int32 per frame: -1 not held, -2 held, s >= 0 in flight (last sent in s)"""
         self._held: OrderedDict[int, int] = OrderedDict()
         """serial -> bytes held, oldest first"""
-        self._inflight: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
-        """reply number -> (serial, frame indices, sizes) it sent"""
+        self._born: dict[int, int] = {}
+        """serial -> the reply its record began in (a dropped episode's record begins anew)"""
+        self._inflight: dict[int, list[tuple[int, int, np.ndarray, np.ndarray]]] = {}
+        """reply number -> (serial, record's birth, frame indices, sizes) it sent"""
         self._open: dict[int, None] = {}
         """numbers of the replies not acknowledged yet, oldest first"""
         self._drops: list[tuple[int, int]] = []
         """(serial, reply it was decided in), not told yet"""
 
     def ack(self, seqs: list[int]) -> None:
-        """The client ingested these replies: their frames are held (unless dropped since)."""
+        """The client ingested these replies: the frames they brought are held (unless their
+        episode was dropped since), even where a later reply, not yet acknowledged, sent them
+        again (in a small replay a frame is drawn by nearly every batch: waiting for the latest
+        send's acknowledgement would send it forever)."""
         for seq in seqs:
             self._open.pop(int(seq), None)
-            for serial, frames, sizes in self._inflight.pop(int(seq), ()):
+            for serial, born, frames, sizes in self._inflight.pop(int(seq), ()):
                 state = self._state.get(serial)
-                if state is None:
-                    continue
-                if frames[-1] >= state.size:  # dropped and begun again since: not these
-                    keep = frames < state.size
-                    frames, sizes = frames[keep], sizes[keep]
-                arrived = state[frames] == seq
+                if state is None or self._born[serial] != born:
+                    continue  # dropped since (and perhaps begun again): not these copies
+                arrived = state[frames] >= 0
                 if not arrived.any():
                     continue
                 state[frames[arrived]] = _HELD
@@ -136,6 +138,7 @@ class SentFrames:
     def _drop(self, serial: int) -> None:
         if self._state.pop(serial, None) is not None:
             self._drops.append((serial, self.seq))
+            del self._born[serial]
         self.held_bytes -= self._held.pop(serial, 0)
 
     def split(self, serials: np.ndarray, frames: np.ndarray, sizes: np.ndarray) -> np.ndarray:
@@ -150,6 +153,8 @@ class SentFrames:
             serial, idx = int(serials[lo]), frames[lo:hi]
             state = self._state.get(serial)
             need = int(idx.max()) + 1
+            if state is None:
+                self._born[serial] = self.seq
             if state is None or state.size < need:
                 grown = np.full(
                     max(need, 2 * (0 if state is None else state.size)), _NONE, np.int32
@@ -162,7 +167,7 @@ class SentFrames:
             if not mine.all():
                 new = idx[~mine]
                 state[new] = self.seq
-                sent.append((serial, new, sizes[lo:hi][~mine]))
+                sent.append((serial, self._born[serial], new, sizes[lo:hi][~mine]))
         self._inflight[self.seq] = sent
         return held
 

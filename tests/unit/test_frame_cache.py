@@ -54,10 +54,16 @@ def _same(a, b) -> None:
 
 
 @pytest.mark.parametrize(
-    ("budget", "depth", "lose"),
-    [(10**9, 1, 0.0), (10**9, 3, 0.1), (60_000, 3, 0.0), (60_000, 2, 0.1)],
+    ("budget", "depth", "lose", "capacity"),
+    [
+        (10**9, 1, 0.0, 900),
+        (10**9, 3, 0.1, 900),
+        (60_000, 3, 0.0, 900),
+        (60_000, 2, 0.1, 900),
+        (10**9, 3, 0.0, 150),  # a small replay: a frame is in nearly every batch in flight
+    ],
 )
-def test_cached_batches_are_bit_exact_in_any_order(budget, depth, lose):
+def test_cached_batches_are_bit_exact_in_any_order(budget, depth, lose, capacity):
     """A shard with a client record and a client cache, ``depth`` requests in flight served in
     random order and collected in request order, a share of replies never ingested (lost),
     episodes inserted and evicted as batches go: every batch is what a twin shard decodes
@@ -65,7 +71,7 @@ def test_cached_batches_are_bit_exact_in_any_order(budget, depth, lose):
     once warm, a batch carries a small share of the frames' bytes (with a budget that holds
     the replay)."""
     rng = np.random.default_rng(0)
-    shard, twin = _twins(capacity=900)
+    shard, twin = _twins(capacity=capacity)
     writer = EpisodeWriter(0, chunk_length=20, codec=CODEC)
     for _ in range(6):
         _insert((shard, twin), _chunks(writer, int(rng.integers(60, 140)), rng))
@@ -74,7 +80,7 @@ def test_cached_batches_are_bit_exact_in_any_order(budget, depth, lose):
     pending: deque[list] = deque()  # [draw seed, acks sent, served reply or None]
     payloads, frames_named, lost, batches = [], [], 0, 0
     for k in range(160):
-        if k % 9 == 0:  # new episodes arrive; old ones are evicted (capacity 900)
+        if k % 9 == 0:  # new episodes arrive; old ones are evicted
             _insert((shard, twin), _chunks(writer, int(rng.integers(60, 140)), rng))
         while len(pending) < depth:
             pending.append([len(pending) + k * 10, acks, None])
