@@ -147,7 +147,7 @@ class BatchAssembler:
         self._transitions(episodes, slots, steps, batch, (windows, obs, next_obs) if raw else None)
         if raw:
             return batch
-        tables, local = _tables(episodes, slots)
+        tables, local, _ = _tables(episodes, slots)
         if decoder is None:
             self._scratch = decode_windows_into(
                 tables, local, windows, (obs, next_obs), self._scratch
@@ -175,13 +175,12 @@ class BatchAssembler:
             raise ValueError("raw frames have nothing to decode: sample them decoded")
         k = self.frame_stack
         self._transitions(episodes, slots, steps, small, None)
-        tables, local = _tables(episodes, slots)
+        tables, local, drawn = _tables(episodes, slots)
         plan = plan_into(tables, local, self._windows(steps), (k, k))
         assert plan is not None
         keyed = None
         if sent is not None:
-            uniq = np.unique(slots)
-            serials = np.array([episodes[s].serial for s in uniq.tolist()], np.int64)  # type: ignore[union-attr]
+            serials = np.array([e.serial for e in drawn], np.int64)
             keyed = (sent, serials, np.array([len(t) for t in tables], np.int64))
         return CodedBatch(
             windows=CodedWindows.pack(plan, keyed),
@@ -238,12 +237,14 @@ class BatchAssembler:
 
 def _tables(
     episodes: list[Episode | None], slots: np.ndarray
-) -> tuple[list[EpisodeFrames], np.ndarray]:
-    """The coded frame tables of the episodes drawn, and each sample's index among them."""
+) -> tuple[list[EpisodeFrames], np.ndarray, list[Episode]]:
+    """The coded frame tables of the episodes drawn, each sample's index among them, and the
+    episodes themselves (in the tables' order)."""
     uniq, local = np.unique(slots, return_inverse=True)
-    tables = []
+    tables, drawn = [], []
     for slot in uniq.tolist():
         episode = episodes[slot]
         assert episode is not None and isinstance(episode.frames, EncodedFrameStore)
         tables.append(episode.frames.episode)
-    return tables, local
+        drawn.append(episode)
+    return tables, local, drawn
