@@ -277,7 +277,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
             metrics_host=args.metrics_host,
             metrics_port=args.metrics_port,
         )
-    return 0 if result["reason"] in ("done", "interrupted") else 1
+    return 0 if result["reason"] in ("done", "target", "interrupted") else 1
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

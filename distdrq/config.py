@@ -261,6 +261,9 @@ class TrainConfig:
     """frames between evaluations"""
     eval_episodes: int = 10
     """episodes per evaluation, acting with the mean action"""
+    stop_at_return: float | None = None
+    """end the run at the first evaluation whose mean return reaches this, before
+    ``train.frames`` (null: always train to ``train.frames``)"""
     video_every_evals: int = 5
     """record the first episode of the first and every K-th evaluation as RUN_DIR/videos/*.gif
     (0: never)"""

@@ -37,7 +37,13 @@ from distdrq.run.counters import Counters
 from distdrq.run.evaluation import evaluate_and_record, shown_on
 from distdrq.run.groups import GroupRunner, WindowResult
 from distdrq.run.rundir import rollback_records, save_run_config
-from distdrq.run.session import STOP_SIGNALS, finite, training_session
+from distdrq.run.session import (
+    STOP_SIGNALS,
+    finite,
+    target_message,
+    target_reached,
+    training_session,
+)
 from distdrq.tblog import open_events
 
 _SHOWN = (("sigma", "policy std"), ("temperature", "temperature"), ("iteration_s", "s/iteration"))
@@ -116,9 +122,12 @@ class SDPGTrainer:
         units = ("iterations", "nominal episodes")
         with progress, training_session(c, self.run_dir, self.save, progress, units) as clock:
             self._greet(progress)
-            while c.frames < cfg.train.frames:
+            stop_at = cfg.train.stop_at_return
+            while c.frames < cfg.train.frames and not target_reached(c, stop_at):
                 if c.frames >= c.next_eval_frame:
                     self._run_eval(progress)
+                    if target_reached(c, stop_at):
+                        break
                 metrics = self.iteration()
                 clock.tick()
                 self._log_train(metrics)
@@ -126,7 +135,9 @@ class SDPGTrainer:
                     self.save()
                     c.next_checkpoint_frame = c.frames + cfg.train.checkpoint_every_frames
                 self._show(progress, metrics)
-            if c.last_eval_frame != c.frames:  # always end with an evaluation
+            if target_reached(c, stop_at):
+                progress.message(target_message(c, stop_at))  # type: ignore[arg-type]
+            elif c.last_eval_frame != c.frames:  # always end with an evaluation
                 self._run_eval(progress)
         return c  # also after Ctrl-C, which the session turns into a checkpoint
 

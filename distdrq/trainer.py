@@ -36,7 +36,7 @@ from distdrq.run.rundir import (
     rollback_records,
     save_run_config,
 )
-from distdrq.run.session import finite, training_session
+from distdrq.run.session import finite, target_message, target_reached, training_session
 from distdrq.tblog import open_events
 
 
@@ -187,9 +187,12 @@ class Trainer:
             episode_return = 0.0
             last_log_frame = c.frames
             metrics: dict[str, float] = {}
-            while c.frames < cfg.train.frames:
+            stop_at = cfg.train.stop_at_return
+            while c.frames < cfg.train.frames and not target_reached(c, stop_at):
                 if self._eval_due():
                     self._run_eval(progress)
+                    if target_reached(c, stop_at):
+                        break
                 # act
                 with torch.no_grad():
                     action = self.agent.act(ts.observation, c.steps, eval_mode=False)
@@ -226,7 +229,9 @@ class Trainer:
                     train_return=finite(c.last_train_return),
                     eval_return=finite(c.last_eval_return),
                 )
-            if c.last_eval_frame != c.frames:  # always end with an evaluation
+            if target_reached(c, stop_at):
+                progress.message(target_message(c, stop_at))  # type: ignore[arg-type]
+            elif c.last_eval_frame != c.frames:  # always end with an evaluation
                 self._run_eval(progress)
         return c  # also after Ctrl-C, which the session turns into a checkpoint
 

@@ -45,6 +45,7 @@ from distdrq.proctree import kill_descendants
 from distdrq.progress import ProgressDisplay
 from distdrq.run.counters import Counters
 from distdrq.run.rundir import rollback_records, save_run_config
+from distdrq.run.session import target_message, target_reached
 from distdrq.tblog import open_events
 from distdrq.types import SkippedFile
 
@@ -61,8 +62,8 @@ def launch(
     metrics_port: int = 9464,
 ) -> dict[str, Any]:
     """Run (or resume) a distributed training run; returns the final counters, with
-    ``reason`` (done, interrupted) and ``restarts`` per role. ``metrics_port`` 0 disables the
-    Prometheus endpoint."""
+    ``reason`` (done; target: ``train.stop_at_return`` reached; interrupted) and ``restarts``
+    per role. ``metrics_port`` 0 disables the Prometheus endpoint."""
     name = f"distdrq-{run_dir.resolve().name}"
     roles_for(cfg).check(cfg)  # before Ray starts: a bad split is a quick one-line error
     damaged: list[SkippedFile] = []
@@ -226,11 +227,17 @@ class _Session:
         return snap.counters.to_dict() | {"reason": reason, "restarts": supervisor.restarts}
 
     def _supervise(self, runner: Checkpointing, monitor: Monitor) -> tuple[str, str]:
-        """Tick until the frame budget is reached; returns (why it ended, the failure)."""
+        """Tick until the frame budget (or ``train.stop_at_return``) is reached; returns (why it
+        ended: done, target, interrupted or failed; the failure)."""
+        stop_at = self.cfg.train.stop_at_return
         try:
-            while runner.step(after=monitor.refresh).counters.frames < self.cfg.train.frames:
-                pass
-            return "done", ""
+            while True:
+                c = runner.step(after=monitor.refresh).counters
+                if target_reached(c, stop_at):
+                    self.progress.message(target_message(c, stop_at))  # type: ignore[arg-type]
+                    return "target", ""
+                if c.frames >= self.cfg.train.frames:
+                    return "done", ""
         except KeyboardInterrupt:
             self.progress.message("interrupted: stopping actors and writing a checkpoint")
             return "interrupted", ""
@@ -243,7 +250,8 @@ class _Session:
             return "failed", str(exc)
 
     def _finish(self, runner: Checkpointing, monitor: Monitor, reason: str, failure: str) -> Any:
-        """Stop every loop, the final evaluation (if the budget was reached), the checkpoint."""
+        """Stop every loop, the final evaluation (if the budget was reached: a run that reached
+        its target return ends with the evaluation that reached it), the checkpoint."""
         try:
             snap = runner.supervisor.stop(evaluate=reason == "done")
             monitor.flush()
@@ -257,7 +265,7 @@ class _Session:
                 + (f" ({last[0].name})" if last else " (none yet)")
             ) from exc
         c = snap.counters
-        word = reason if reason in ("done", "failed") else "stopped"
+        word = {"done": "done", "target": "done", "failed": "failed"}.get(reason, "stopped")
         self.progress.message(
             f"{word} at frame {c.frames:,} ({c.updates:,} updates, {c.episodes} episodes); "
             f"checkpoint {path}"

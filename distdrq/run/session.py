@@ -70,6 +70,23 @@ def training_session(
     (run_dir / "summary.json").write_text(json.dumps(c.to_dict(), indent=2))
 
 
+def target_reached(counters: Counters, stop_at_return: float | None) -> bool:
+    """Whether the run's last evaluation reached ``train.stop_at_return`` (never when None)."""
+    return (
+        stop_at_return is not None
+        and counters.last_eval_frame >= 0
+        and counters.last_eval_return >= stop_at_return  # False for NaN
+    )
+
+
+def target_message(counters: Counters, stop_at_return: float) -> str:
+    """The line that says why a run ended before its frame budget."""
+    return (
+        f"eval return {counters.last_eval_return:.1f} at frame {counters.last_eval_frame:,} "
+        f"reached train.stop_at_return={stop_at_return:g}: ending the run"
+    )
+
+
 def raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     """A signal handler: SIGINT and SIGTERM stop a run as Ctrl-C does."""
     raise KeyboardInterrupt

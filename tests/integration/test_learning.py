@@ -1,4 +1,9 @@
-"""A real learning test: DrQ-v2 learns the toy pixel task point_reach on CPU in a few minutes."""
+"""A real learning test: DrQ-v2 learns the toy pixel task point_reach on CPU in a few minutes.
+
+It evaluates (20 episodes, mean action) every 500 frames and ends at the first evaluation that
+reaches 25 (``train.stop_at_return``), within 5,000 frames; on 2026-12-03 seed 1 scored 5.9,
+6.6, 27.0, 30.2 and 29.1 at frames 0 to 2,000 (about a minute of training on a 2-core VM).
+"""
 
 import numpy as np
 import pytest
@@ -21,8 +26,9 @@ OVERRIDES = [
     "replay.discount=0.9",
     "train.frames=5000",
     "train.seed_frames=500",
-    "train.eval_every_frames=100000",
+    "train.eval_every_frames=500",
     "train.eval_episodes=20",
+    "train.stop_at_return=25",
     "train.checkpoint_every_frames=100000",
 ]
 
@@ -44,4 +50,9 @@ def test_drqv2_learns_point_reach(tmp_path):
     trainer.close()
     # the optimum is about 39, a uniform random policy about 8
     assert random_return < 12
-    assert counters.last_eval_return > 25, (counters.last_eval_return, random_return)
+    assert counters.last_eval_return >= 25, (counters.last_eval_return, random_return)
+    assert counters.last_eval_frame == counters.frames <= 5000
+    returns = [
+        float(r.split(",")[4]) for r in (tmp_path / "run" / "eval.csv").read_text().split()[1:]
+    ]
+    assert returns[0] < 12, returns  # it learned: the untrained policy did not score 25
