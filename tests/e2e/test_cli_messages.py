@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+pytestmark = pytest.mark.ray  # starts Ray: one such test at a time (tests/conftest.py)
+
 HEADLESS = {"DISPLAY", "WAYLAND_DISPLAY", "MUJOCO_GL"}
 
 

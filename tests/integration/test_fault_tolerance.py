@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.ray  # starts Ray: one such test at a time (tests/conftest.py)
+
 ray = pytest.importorskip("ray")
 
 from distdrq.distributed import enable_token_auth_if_available  # noqa: E402

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.ray  # starts Ray: one such test at a time (tests/conftest.py)
+
 ray = pytest.importorskip("ray")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))

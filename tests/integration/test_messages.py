@@ -3,6 +3,8 @@ report cross a real Ray boundary as the dataclasses they are."""
 
 import pytest
 
+pytestmark = pytest.mark.ray  # starts Ray: one such test at a time (tests/conftest.py)
+
 ray = pytest.importorskip("ray")
 
 from distdrq.distributed.coordinator import Coordinator  # noqa: E402

@@ -5,6 +5,8 @@ import time
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.ray  # starts Ray: one such test at a time (tests/conftest.py)
+
 ray = pytest.importorskip("ray")
 
 from distdrq.config import ReplayConfig  # noqa: E402

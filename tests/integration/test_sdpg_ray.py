@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+pytestmark = pytest.mark.ray  # starts Ray: one such test at a time (tests/conftest.py)
+
 ray = pytest.importorskip("ray")
 
 from distdrq.agent import make_agent  # noqa: E402

@@ -12,6 +12,8 @@ import ray
 
 from distdrq import status
 
+pytestmark = pytest.mark.ray  # starts Ray: one such test at a time (tests/conftest.py)
+
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 

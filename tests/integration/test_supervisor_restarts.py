@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.ray  # starts Ray: one such test at a time (tests/conftest.py)
+
 ray = pytest.importorskip("ray")
 
 from distdrq.config import Config  # noqa: E402
