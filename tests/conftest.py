@@ -1,6 +1,10 @@
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+# Ray starts its workers at nice 15 (its default, to keep raylet and GCS responsive); beside the
+# other pytest-xdist worker, at nice 0, a launch's actors would get a sliver of the CPU and its
+# waits would time out. Alone on a machine, as a launch runs, the two are the same.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 import pytest  # noqa: E402
 

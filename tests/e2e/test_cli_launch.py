@@ -175,7 +175,7 @@ def test_launch_with_the_sac_based_drq_and_nano_encoder(tmp_path):
         "--task",
         "point_reach",
         "--frames",
-        "2000",
+        "1200",
         "--run-dir",
         str(run_dir),
         "--plain",
