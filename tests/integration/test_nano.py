@@ -55,7 +55,6 @@ def test_nano_config_is_the_seed_setup() -> None:
 
 
 def test_nano_config_trains_end_to_end(tmp_path: Path) -> None:
-    torch.set_num_threads(2)
     cfg = load_config(config_file=NANO, overrides=OVERRIDES)
     trainer = Trainer(cfg, tmp_path / "run")
     try:
