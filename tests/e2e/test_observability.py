@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distdrq.proctree import alive, descendants
+from distdrq.proctree import descendants
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_cli_launch import _gone  # noqa: E402
 
 pytestmark = pytest.mark.ray  # starts Ray: one such test at a time (tests/conftest.py)
 
@@ -153,10 +156,7 @@ def test_prometheus_scrapes_a_live_launch_and_status_shows_it(tmp_path):
         launch.send_signal(signal.SIGINT)
         out, _ = launch.communicate(timeout=30)
         assert launch.returncode == 130, "".join(lines) + out
-        deadline = time.monotonic() + 10
-        while any(alive(p) for p in tree) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert not [p for p in tree if alive(p)], "processes left behind"
+        _gone(tree, 10)
     finally:
         prom.terminate()
         prom.wait(30)

@@ -50,7 +50,7 @@ def test_drqv2_learns_point_reach(tmp_path):
     trainer.close()
     # the optimum is about 39, a uniform random policy about 8
     assert random_return < 12
-    assert counters.last_eval_return >= 25, (counters.last_eval_return, random_return)
+    assert counters.last_eval_return > 25, (counters.last_eval_return, random_return)
     assert counters.last_eval_frame == counters.frames <= 5000
     returns = [
         float(r.split(",")[4]) for r in (tmp_path / "run" / "eval.csv").read_text().split()[1:]

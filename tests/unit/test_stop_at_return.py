@@ -29,13 +29,12 @@ SMALL = [
 
 
 def _scripted_evaluations(monkeypatch, module, returns):
-    """Evaluations that score ``returns`` in turn (and count how many ran)."""
-    calls = []
+    """Evaluations that score ``returns`` (an iterable) in turn; the frames they ran at."""
+    calls, values = [], iter(returns)
 
     def fake(agent, env, episodes, step, frame, *args, **kwargs):
         calls.append(frame)
-        value = returns[len(calls) - 1]
-        return {"eval_return": value, "eval_return_std": 0.0, "eval_episodes": episodes}
+        return {"eval_return": next(values), "eval_return_std": 0.0, "eval_episodes": episodes}
 
     monkeypatch.setattr(module, "evaluate_and_record", fake)
     return calls
@@ -93,8 +92,7 @@ def test_train_ends_at_the_first_evaluation_that_reaches_the_target(tmp_path, mo
         (["train.stop_at_return=null"], 400),
     ):
         cfg = load_config("point_reach", overrides=[*SMALL, "train.frames=400", *overrides])
-        calls.clear()
-        monkeypatch.setattr(trainer_module, "evaluate_and_record", _fake_constant(calls, 7.0))
+        calls = _scripted_evaluations(monkeypatch, trainer_module, itertools.repeat(7.0))
         trainer = trainer_module.Trainer(cfg, tmp_path / "run", resume=True)
         try:
             counters = trainer.train(ProgressDisplay("point_reach", 400, live=False))
@@ -102,14 +100,6 @@ def test_train_ends_at_the_first_evaluation_that_reaches_the_target(tmp_path, mo
             trainer.close()
         assert counters.frames == frames, overrides
         assert (calls == []) == (frames == 160), (overrides, calls)
-
-
-def _fake_constant(calls, value):
-    def fake(agent, env, episodes, step, frame, *args, **kwargs):
-        calls.append(frame)
-        return {"eval_return": value, "eval_return_std": 0.0, "eval_episodes": episodes}
-
-    return fake
 
 
 def test_sdpg_train_ends_at_the_target_too(tmp_path, monkeypatch):
