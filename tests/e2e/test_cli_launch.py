@@ -166,37 +166,3 @@ def test_launch_errors_are_one_line_and_quick(tmp_path, args, message):
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert time.monotonic() - start < 30
     assert not (tmp_path / "r" / "config.yaml").exists()  # nothing left to block a retry
-
-
-@pytest.mark.slow
-def test_launch_with_the_sac_based_drq_and_nano_encoder(tmp_path):
-    run_dir = tmp_path / "drq"
-    result = run(
-        "--task",
-        "point_reach",
-        "--frames",
-        "1200",
-        "--run-dir",
-        str(run_dir),
-        "--plain",
-        "--actors",
-        "2",
-        "--shards",
-        "1",
-        "--metrics-port",
-        "0",
-        "env.image_size=32",
-        "agent.algo=drq",
-        "agent.encoder=nano",
-        "agent.hidden_dim=32",
-        "agent.batch_size=32",
-        "agent.device=cpu",
-        "train.seed_frames=400",
-        "train.eval_episodes=1",
-        "distributed.samples_per_insert=16",
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    state = _latest(run_dir)
-    assert state["counters"]["updates"] > 0 and state["learner"]["version"] > 0
-    agent = state["learner"]["agent"]
-    assert {"temperature", "alpha_opt", "encoder_target"} <= set(agent)  # the SAC learner ran

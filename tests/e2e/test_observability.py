@@ -1,5 +1,7 @@
 """A real Prometheus server scrapes a live `distdrq launch`; `distdrq status` shows the run; a
-second Ctrl-C ends it at once and leaves no process behind."""
+second Ctrl-C ends it at once and leaves no process behind. The launch trains the SAC-based DrQ
+with the nano encoder (DrQ-v2's launches are in test_cli_launch.py): its learner updates,
+publishes weights and checkpoints inside Ray like DrQ-v2's."""
 
 import json
 import shutil
@@ -18,7 +20,7 @@ import yaml
 from distdrq.proctree import descendants
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_cli_launch import _gone  # noqa: E402
+from test_cli_launch import _gone, _latest  # noqa: E402
 
 pytestmark = pytest.mark.ray  # starts Ray: one such test at a time (tests/conftest.py)
 
@@ -86,6 +88,8 @@ def test_prometheus_scrapes_a_live_launch_and_status_shows_it(tmp_path):
             "--metrics-port",
             str(metrics_port),
             "env.image_size=32",
+            "agent.algo=drq",
+            "agent.encoder=nano",
             "agent.hidden_dim=32",
             "agent.feature_dim=16",
             "agent.batch_size=32",
@@ -93,6 +97,7 @@ def test_prometheus_scrapes_a_live_launch_and_status_shows_it(tmp_path):
             "train.seed_frames=200",
             "train.eval_every_frames=2000",
             "train.eval_episodes=1",
+            "train.checkpoint_every_frames=1000",
             "distributed.samples_per_insert=16",
         ],
         stdout=subprocess.PIPE,
@@ -143,6 +148,11 @@ def test_prometheus_scrapes_a_live_launch_and_status_shows_it(tmp_path):
         assert status.returncode == 0, status.stderr[-2000:]
         row = next(x for x in status.stdout.splitlines() if x.startswith("distdrq-obs"))
         assert "2/2" in row and "running" in row
+
+        # DrQ's learner checkpoints from inside Ray: trained and published weights
+        _wait(lambda: list((run_dir / "checkpoints").glob("ckpt_*[0-9].pt")))
+        state = _latest(run_dir)
+        assert state["counters"]["updates"] > 0 and state["learner"]["version"] > 0
 
         # a second Ctrl-C while the first one's stop is under way ends the launch at once, and
         # Ray's GCS, raylet, dashboard, agents and workers with it: not 40-100 s later
