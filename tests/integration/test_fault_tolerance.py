@@ -1,4 +1,5 @@
-"""Fault tolerance on a real Ray cluster: killed env actor and shard, and a lost worker node."""
+"""Fault tolerance on a real Ray cluster: a run's life in one launch (SIGKILLed env actor, shard
+and learner, then Ctrl-C and --resume), a lost worker node, and an auth-mode mismatch."""
 
 import os
 import signal
@@ -6,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +16,11 @@ pytestmark = pytest.mark.ray  # starts Ray: one such test at a time (tests/conft
 ray = pytest.importorskip("ray")
 
 from distdrq.distributed import enable_token_auth_if_available  # noqa: E402
+from distdrq.proctree import descendants  # noqa: E402
+from distdrq.tblog import read_events  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
+from test_cli_launch import SMALL, _disk_coded, _gone, _latest, _learning_and_evaluated, run  # noqa: E402
 
 COMMON = [
     "--plain",
@@ -39,10 +46,10 @@ class _Launch:
     block it) and that every wait checks: if the run has ended, the test fails at once with
     its output (instead of this process being killed by Ray when the cluster goes away)."""
 
-    def __init__(self, run_dir, *extra):
+    def __init__(self, run_dir, *extra, common=COMMON):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "distdrq.cli", "launch", "--run-dir", str(run_dir)]
-            + [*COMMON, *extra],
+            + [*common, *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -74,10 +81,12 @@ class _Launch:
             time.sleep(0.2)
         return list(self.lines)
 
-    def stop(self):
-        """Ctrl-C; the launch must end cleanly. Returns its whole output."""
+    def stop(self, interrupted=False):
+        """Ctrl-C (unless the test ``interrupted`` it already); the launch must end cleanly.
+        Returns its whole output."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            if not interrupted:
+                self.proc.send_signal(signal.SIGINT)
             self.proc.wait(timeout=300)
             self._reader.join(timeout=30)
             assert self.proc.returncode == 0, self.output[-3000:]
@@ -104,6 +113,10 @@ def _snapshot(coord):
     return ray.get(coord.snapshot.remote(), timeout=30)
 
 
+def _newest_checkpoint(run_dir):
+    return max(p for p in (run_dir / "checkpoints").glob("ckpt_*.pt") if p.name.count(".") == 1)
+
+
 def _shard_stats(shard):
     try:
         return ray.get(shard.stats.remote(), timeout=10)
@@ -112,22 +125,31 @@ def _shard_stats(shard):
 
 
 @pytest.mark.slow
-def test_killed_env_actor_and_shard_recover(tmp_path):
-    run_dir = tmp_path / "ft"
+def test_a_run_survives_killed_actors_then_ctrl_c_and_resume_continue_it(tmp_path):
+    """A run's life in one launch (each launch costs tens of seconds of Ray start-up on 2
+    cores). SIGKILLed env actor and shard recover, the shard from its snapshot; a SIGKILLed
+    learner is recreated from the checkpoint and its weight versions go on. Ctrl-C then writes a
+    quick checkpoint and leaves no process behind, and `--resume` continues replay, learner,
+    limiter and records to the frame budget."""
+    run_dir = tmp_path / "run"
     launch = _Launch(
         run_dir,
-        "--actors",
-        "2",
-        "--shards",
-        "2",
-        "distributed.snapshot_every_inserts=50",
-        "train.checkpoint_every_frames=600",
+        "--task",
+        "cartpole_swingup",
+        "--frames",
+        "1000000",
+        *SMALL,
+        "train.checkpoint_every_frames=600",  # each checkpoint snapshots every shard
+        common=[],
     )
+    tree: set[int] = set()
+    interrupted = False
     try:
         lines = launch.wait_for_line("learner on")
         address = next(x for x in lines if x.startswith("Ray cluster at ")).split()[3]
         enable_token_auth_if_available()  # joining by explicit address
         ray.init(address=address, namespace="distdrq", log_to_driver=False)
+        tree |= descendants(launch.proc.pid)
         name = f"distdrq-{run_dir.name}"
         coord = ray.get_actor(f"{name}-coordinator")
         env0 = ray.get_actor(f"{name}-env-0")
@@ -206,16 +228,74 @@ def test_killed_env_actor_and_shard_recover(tmp_path):
 
         lag = _until(lag_reported, timeout=60, launch=launch)
         assert lag >= 0, lag  # a version that went backwards would make it negative
+        # Ctrl-C once the panel shows an update, a finished episode and the first evaluation,
+        # while both shards hold transitions that no snapshot holds and the next periodic
+        # checkpoint (which snapshots every shard) is at least 200 frames away
+        _until(lambda: any(map(_learning_and_evaluated, list(launch.lines))), 240, launch=launch)
+        shards = [shard0, ray.get_actor(f"{name}-replay-1")]
+
+        def unsaved_and_no_checkpoint_due():
+            last = int(_newest_checkpoint(run_dir).stem.split("_")[1])
+            stats = [_shard_stats(shard) or {} for shard in shards]
+            unsaved = all(s.get("inserted_since_snapshot", 0) > 0 for s in stats)
+            return unsaved and _snapshot(coord).counters.frames + 200 < last + 600
+
+        _until(unsaved_and_no_checkpoint_due, 120, every=0.1, launch=launch)
+        tree |= descendants(launch.proc.pid)
+        launch.proc.send_signal(signal.SIGINT)
+        interrupted = True
     finally:
         ray.shutdown()
-        out = launch.stop()
+        first = launch.stop(interrupted)  # after Ctrl-C the launch must end cleanly (exit 0)
     # the driver showed each restart once, in one line, for every role (counted anywhere in a
     # line: Ray's own "worker died" notice, written by another thread at the same moment, can
     # leave our line behind its text without a newline between them)
     for role in ("env-0", "replay-0", "learner"):
-        assert out.count(f"{role} restarted (") == 1, (role, out[-6000:])
-    assert "); recreated from ckpt_" in out  # the reason, then where the learner came from
-    assert "Traceback" not in out
+        assert first.count(f"{role} restarted (") == 1, (role, first[-6000:])
+    assert "); recreated from ckpt_" in first  # the reason, then where the learner came from
+    assert "Traceback" not in first
+
+    # Ctrl-C: a quick checkpoint, no process left behind
+    assert "interrupted" in first and "checkpoint" in first.split("interrupted", 1)[1]
+    assert "2 env actors, 2 replay shards, learner on cpu" in first
+    assert "oversubscribed" in first  # 6 processes on this 2-core machine
+    assert tree, "no Ray child processes seen"
+    _gone(tree, 30)
+    s1 = _latest(run_dir)
+    c1 = s1["counters"]
+    assert c1["frames"] > 0 and c1["updates"] > 0 and c1["episodes"] >= 1
+    assert len(s1["replay_snapshots"]) == 2
+    assert s1["rate_limiter"]["inserts"] > 0
+    assert list((run_dir / "videos").glob("eval_*.gif"))  # the evaluator's first evaluation
+    shard_files = sorted((run_dir / "replay").glob("shard_*/snapshot_*.ddrq"))
+    assert len(shard_files) >= 2
+    # Ctrl-C's snapshots are quick: what no earlier snapshot coded for disk keeps the replay
+    # codec's bytes (the periodic snapshots before it did code theirs)
+    assert False in _disk_coded(s1["replay_snapshots"])
+
+    budget = c1["frames"] + 1000  # one more cartpole episode (500 steps at action repeat 2)
+    second = run("--resume", str(run_dir), "--frames", str(budget), "--plain")
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
+    assert f"at frame {c1['frames']:,}" in second.stdout
+    s2 = _latest(run_dir)
+    c2 = s2["counters"]
+    assert c2["frames"] >= budget and c2["updates"] > c1["updates"]
+    assert c2["episodes"] >= c1["episodes"]
+    assert s2["learner"]["version"] >= s1["learner"]["version"]
+    # the replay came back: the limiter counts inserts of both sessions
+    assert s2["rate_limiter"]["inserts"] > s1["rate_limiter"]["inserts"]
+    assert s2["session"] == 1
+    assert _disk_coded(s2["replay_snapshots"]) == {True}  # the end of the budget codes them all
+    # the records continue as if the run had never stopped: no evaluation twice, frames ascending
+    evals = [int(r.split(",")[0]) for r in (run_dir / "eval.csv").read_text().splitlines()[1:]]
+    assert evals == sorted(set(evals)) and evals[-1] >= budget, evals
+    trains = [int(r.split(",")[0]) for r in (run_dir / "train.csv").read_text().splitlines()[1:]]
+    assert trains == sorted(trains), trains
+    # and so do TensorBoard's events, written by the driver, rebuilt on resume
+    points = read_events(run_dir)
+    assert [step for step, _ in points["eval/eval_return"]] == evals
+    assert [step for step, _ in points["train/episode_return"]] == trains
+    assert points["eval/video"][0][0] == 0
 
 
 @pytest.mark.slow
