@@ -17,13 +17,6 @@ from test_agent import random_batch, tiny_agent  # noqa: E402
 from distdrq.distributed.learner import WeightPublisher  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def slow_coordinator(delay: float):
     """A coordinator actor that takes ``delay`` seconds to store each version (far away, or
     busy); defined in a function so that Ray ships the class by value to its worker."""

@@ -40,21 +40,17 @@ def test_coordinator_replies_in_process():
     assert SendResult("refused") is SendResult.REFUSED
 
 
-def test_messages_round_trip_through_ray():
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, namespace="msg-test")
-    try:
-        coord = ray.remote(Coordinator).remote("r", None, None)
-        ray.get([coord.register.remote("env-0"), coord.register.remote("env-0")])
-        reply = ray.get(coord.report_env.remote("env-0", 10, [], 0))
-        assert isinstance(reply, EnvReply) and reply.frames == 10 and not reply.stop
-        back = ray.get(coord.report_learner.remote(3))
-        assert isinstance(back, LearnerReply) and back.frames == 10
-        ray.get(coord.report_eval.remote(EvalReport(10, 1.0, 0.0, 1, 0)))
-        snap = ray.get(coord.snapshot.remote())
-        assert isinstance(snap, RunSnapshot) and snap.counters.updates == 3
-        assert snap.role("env-0").restarts == 1 and snap.last_eval.frame == 10
-        ray.get(coord.stop.remote())
-        assert ray.get(coord.report_env.remote("env-0", 0, [], 0)).stop
-        assert ray.get(coord.snapshot.remote()).stop
-    finally:
-        ray.shutdown()
+def test_messages_round_trip_through_ray(ray_cluster):
+    coord = ray.remote(Coordinator).remote("r", None, None)
+    ray.get([coord.register.remote("env-0"), coord.register.remote("env-0")])
+    reply = ray.get(coord.report_env.remote("env-0", 10, [], 0))
+    assert isinstance(reply, EnvReply) and reply.frames == 10 and not reply.stop
+    back = ray.get(coord.report_learner.remote(3))
+    assert isinstance(back, LearnerReply) and back.frames == 10
+    ray.get(coord.report_eval.remote(EvalReport(10, 1.0, 0.0, 1, 0)))
+    snap = ray.get(coord.snapshot.remote())
+    assert isinstance(snap, RunSnapshot) and snap.counters.updates == 3
+    assert snap.role("env-0").restarts == 1 and snap.last_eval.frame == 10
+    ray.get(coord.stop.remote())
+    assert ray.get(coord.report_env.remote("env-0", 0, [], 0)).stop
+    assert ray.get(coord.snapshot.remote()).stop

@@ -16,19 +16,6 @@ from distdrq.replay import EpisodeWriter  # noqa: E402
 FRAME = (3, 8, 8)
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"MUJOCO_GL": "egl"}},
-    )
-    yield
-    ray.shutdown()
-
-
 def _episode(writer: EpisodeWriter, length: int, version: int):
     rng = np.random.default_rng(writer.episodes_started + 1000 * version)
     writer.begin(rng.integers(0, 255, FRAME, dtype=np.uint8))

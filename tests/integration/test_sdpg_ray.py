@@ -31,13 +31,6 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=3, namespace="distdrq", log_to_driver=False, include_dashboard=False)
-    yield
-    ray.shutdown()
-
-
 def _start(cfg, actors: int, name: str):
     """A coordinator and ``actors`` group actors by name (as the topology makes them), and a
     learner in this process."""
@@ -63,7 +56,7 @@ def test_group_share_is_even_and_whole():
     assert group_share(2, 2, 1) == [1]
 
 
-def test_one_actor_iteration_equals_the_single_process_one(local_ray):
+def test_one_actor_iteration_equals_the_single_process_one(ray_cluster):
     """Window and learner step through Ray equal, bit for bit, the in-process ones (same
     seeds): the distributed layer only moves data."""
     cfg = load_config("cheetah_run", overrides=[*TINY, "distributed.actors=1"])
@@ -96,7 +89,7 @@ def test_one_actor_iteration_equals_the_single_process_one(local_ray):
         _stop(coord, envs)
 
 
-def test_iterations_count_publish_and_rerun_a_killed_actor(local_ray):
+def test_iterations_count_publish_and_rerun_a_killed_actor(ray_cluster):
     cfg = load_config("cheetah_run", overrides=[*TINY, "distributed.actors=2"])
     coord, envs, learner = _start(cfg, 2, "sdpg-rerun")
     try:
@@ -126,7 +119,7 @@ def test_iterations_count_publish_and_rerun_a_killed_actor(local_ray):
         _stop(coord, envs)
 
 
-def test_pixel_actor_iteration(local_ray):
+def test_pixel_actor_iteration(ray_cluster):
     """A pixel nominal renders on the actor's own runner thread, whichever Ray thread asks
     (its GL context is current on the thread that made it), in the constructor and in windows."""
     overrides = [*TINY[:2], "sdpg.nominals=2", "sdpg.clones=1", "sdpg.horizon=4"]
@@ -161,7 +154,7 @@ def _slow_group_actor(delay: float):
     return SlowGroupActor
 
 
-def test_a_slow_actor_gets_fewer_clone_jobs_and_the_window_is_the_same(local_ray):
+def test_a_slow_actor_gets_fewer_clone_jobs_and_the_window_is_the_same(ray_cluster):
     """Work sharing: clone jobs go to whichever actor is free, so the fast actor steps most
     of them; the merged windows equal the in-process ones bit for bit."""
     cfg = load_config("cheetah_run", overrides=[*TINY, "sdpg.clones=4", "distributed.actors=2"])
