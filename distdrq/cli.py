@@ -261,10 +261,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
-    from distdrq.distributed.launch import launch
     from distdrq.progress import ProgressDisplay
 
-    cfg, run_dir = _resolve_run(args)
+    cfg, run_dir = _resolve_run(args)  # a config error is reported before Ray is imported (4 s)
+    from distdrq.distributed.launch import launch
+
     live = False if args.plain else None
     progress = ProgressDisplay(cfg.env.task, cfg.train.frames, live=live)
     with removed_if_unstarted(run_dir, fresh=not args.resume):
