@@ -4,8 +4,9 @@ Starting a Ray instance costs about 10 CPU-seconds on 2 cores; joining a running
 about 1. Each module still joins as its own Ray job (``ray.init`` / ``ray.shutdown`` around
 the module, in its own namespace), so its actors and workers die with it as before. The head
 starts with the first module that uses ``ray_cluster`` and stops once no module is joined and
-the next test (pytest's ``nextitem``) does not use it, so it never idles beside a launch or the
-other pytest-xdist worker's tests; ``tests/conftest.py`` runs these modules one after another.
+the next test (pytest's ``nextitem``) belongs to no such module, so it never idles beside a
+launch or the other pytest-xdist worker's tests; ``tests/conftest.py`` runs these modules one
+after another.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ class _SharedHead:
     def __init__(self) -> None:
         self.cluster = None
         self.joined = False  # a module's job is connected
+        self.modules: set | None = None  # the modules with a test that uses ``ray_cluster``
 
     def address(self) -> str:
         if self.cluster is None:
@@ -65,7 +67,11 @@ def ray_cluster(request):
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item, nextitem):
     yield  # the module's ``ray_cluster`` (if this was its last test) is finalised by now
-    if not _HEAD.joined and "ray_cluster" not in getattr(nextitem, "fixturenames", ()):
+    if _HEAD.cluster is None or _HEAD.joined:
+        return
+    if _HEAD.modules is None:
+        _HEAD.modules = {i.module for i in item.session.items if "ray_cluster" in i.fixturenames}
+    if nextitem is None or nextitem.module not in _HEAD.modules:
         _HEAD.stop()
 
 
