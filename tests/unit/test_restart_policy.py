@@ -2,8 +2,9 @@
 progress resetting the count, the limit."""
 
 import pytest
+import ray.exceptions
 
-from distdrq.distributed.supervisor import HEALTHY_S, RestartLimitError, RestartPolicy
+from distdrq.distributed.supervisor import HEALTHY_S, RestartLimitError, RestartPolicy, first_line
 
 
 class Clock:
@@ -59,3 +60,17 @@ def test_roles_are_counted_apart():
     policy.failed("env-0", 0, "x")
     policy.started("env-1", 0)
     assert policy.failed("env-1", 0, "x") == 1.0  # env-0's failure is not env-1's
+
+
+def test_an_unreachable_actor_is_one_short_reason():
+    """Ray's text for a SIGKILLed actor it lost its connection to is one long line that the
+    restart line used to quote cut mid-word; the reason keeps only Ray's cause."""
+    exc = ray.exceptions.ActorUnavailableError(
+        "The actor 9b5b3778e473417b66562c4d01000000 is unavailable: The actor is temporarily "
+        "unavailable: RpcError: RPC error: Socket closed rpc_code: 14. The task may or may not "
+        "have been executed on the actor.",
+        b"\0" * 16,
+    )
+    assert first_line(exc) == (
+        "its process stopped answering (Ray: RpcError: RPC error: Socket closed rpc_code: 14)"
+    )
