@@ -75,8 +75,9 @@ def test_episode_end_resets_the_group_and_frames_rebuild_the_stacks():
     """cartpole at action repeat 8: 125 agent steps an episode, so the fourth 40-step window
     crosses it. The stacks rebuilt from single frames equal what the policy saw."""
     runner, cfg = _runner(
-        "cartpole_swingup", "pixels", clones=2, horizon=40, repeat=8, image_size=16
-    )
+        "cartpole_swingup", "pixels", clones=2, horizon=40, repeat=8, image_size=16,
+        fast_render=True,
+    )  # fmt: skip
     runner.set_weights(_agent(runner, cfg).policy_state_dict(), 0)
     seen = []
     means = runner.policy.means
