@@ -298,6 +298,9 @@ class DistributedConfig:
     """transitions between automatic shard snapshots (0: only with checkpoints)"""
     evaluator: bool = True
     """run an evaluator actor (mean-action episodes every train.eval_every_frames)"""
+    dashboard: bool = True
+    """start Ray's dashboard with the local Ray instance (launch without --address); false
+    spares its dozen processes (about 5 CPU-seconds at start); `distdrq status` still works"""
     learner_gpus: float = -1.0
     """GPUs for the learner: -1 = one if the cluster has any, else 0 (CPU, with a notice)"""
     learner_threads: int = 1

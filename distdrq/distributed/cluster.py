@@ -91,12 +91,17 @@ def connect(cfg: Config, address: str | None, notice: Any = print) -> dict[str, 
         notice(
             f"notice: {cores} cores for {need:g} processes ({describe_roles(cfg)}): running oversubscribed"
         )
-    notice("starting a local Ray instance (its own processes and dashboard: 5-20 s)")
+    dashboard = cfg.distributed.dashboard
+    notice(
+        "starting a local Ray instance (its own processes"
+        + (" and dashboard" if dashboard else "")
+        + ": 5-20 s)"
+    )
     ray.init(
         address="local",  # a new instance, even if another Ray cluster runs on this machine
         num_cpus=max(cores, math.ceil(need)),
         namespace=NAMESPACE,
-        include_dashboard=True,
+        include_dashboard=dashboard,
         dashboard_host="127.0.0.1",
         runtime_env=_runtime_env(cfg),
         log_to_driver=False,

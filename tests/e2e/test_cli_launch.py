@@ -32,6 +32,8 @@ SMALL = [
     "train.eval_every_frames=100000",
     "train.eval_episodes=1",
     "distributed.samples_per_insert=8",
+    "distributed.dashboard=false",  # its dozen processes: 5 CPU-s a launch (the Prometheus
+    # launch of test_observability.py keeps it)
 ]
 
 

@@ -33,6 +33,7 @@ TINY = [
     "sdpg.horizon=8",
     "agent.device=cpu",
     "train.checkpoint_every_frames=320",
+    "distributed.dashboard=false",
 ]
 FRAMES_PER_ITERATION = 2 * 8 * 2  # nominals x window x action repeat (cheetah_run's preset)
 

@@ -44,7 +44,8 @@ def test_garbage_checkpoints_never_advise_loading_them_unsafely(tmp_path, comman
     (ckpts / "ckpt_000000001000.pt").write_bytes(os.urandom(300))
     torch.save({"x": np.arange(3)}, ckpts / "ckpt_000000002000.pt")  # numpy: a Python object
     torch.save({"x": zipfile.ZipInfo("x")}, ckpts / "ckpt_000000003000.pt")
-    out = distdrq(command, "--resume", str(run_dir), "--plain")
+    quiet = ["distributed.dashboard=false"] if command == "launch" else []
+    out = distdrq(command, "--resume", str(run_dir), "--plain", *quiet)
     assert out.returncode == 1
     line = _one_error_line(out, f"error: no readable checkpoint in {ckpts} (3 broken")
     text = (out.stdout + out.stderr).lower()
@@ -60,6 +61,7 @@ def _launch_small(run_dir: Path) -> list[str]:
     return [
         "launch", "--task", "cartpole_swingup", "--run-dir", str(run_dir), "--plain",
         "--actors", "1", "--shards", "1", "distributed.evaluator=false", "agent.device=cpu",
+        "distributed.dashboard=false",
     ]  # fmt: skip
 
 

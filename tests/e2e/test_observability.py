@@ -121,6 +121,7 @@ def test_prometheus_scrapes_a_live_launch_and_status_shows_it(tmp_path):
             if "learner on" in line:
                 break
         assert any(f":{metrics_port}/metrics" in x for x in lines), "".join(lines)
+        assert any(x.startswith("Ray dashboard: http://127.0.0.1:") for x in lines)
         address = next(x for x in lines if x.startswith("Ray cluster at ")).split()[3]
 
         first = _wait(lambda: _value(prom_port, "distdrq_env_frames_total"))

@@ -258,6 +258,7 @@ def test_a_run_survives_killed_actors_then_ctrl_c_and_resume_continue_it(tmp_pat
     # Ctrl-C: a quick checkpoint, no process left behind
     assert "interrupted" in first and "checkpoint" in first.split("interrupted", 1)[1]
     assert "2 env actors, 2 replay shards, learner on cpu" in first
+    assert "Ray dashboard:" not in first  # distributed.dashboard=false
     assert "oversubscribed" in first  # 6 processes on this 2-core machine
     assert tree, "no Ray child processes seen"
     _gone(tree, 30)
