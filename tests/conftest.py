@@ -23,10 +23,6 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("ray"):
             item.add_marker(pytest.mark.xdist_group("ray"))
-    # the modules on the shared local Ray head (tests/integration/conftest.py) one after
-    # another, last: one head start for all of them
-    shared = {item.module for item in items if "ray_cluster" in item.fixturenames}
-    items.sort(key=lambda item: item.module in shared)
 
 
 @pytest.fixture(autouse=True, scope="session")

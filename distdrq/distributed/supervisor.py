@@ -295,8 +295,8 @@ def first_line(exc: BaseException) -> str:
     if isinstance(exc, ray.exceptions.ActorUnavailableError):
         # "The actor <id> is unavailable: The actor is temporarily unavailable: RpcError: RPC
         # error: Socket closed rpc_code: 14. The task may or may not have been executed ..."
-        text = _ANSI.sub("", str(exc)).strip().splitlines()[0] if str(exc).strip() else ""
-        why = text.rsplit("unavailable: ", 1)[-1].split(". ")[0].strip()[:100]
+        lines = _ANSI.sub("", str(exc)).strip().splitlines()
+        why = lines[0].rsplit("unavailable: ", 1)[-1].split(". ")[0].strip()[:100] if lines else ""
         return "its process stopped answering" + (f" (Ray: {why})" if why else "")
     if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(cause, BaseException):
         text = f"{type(cause).__name__}: {cause}"

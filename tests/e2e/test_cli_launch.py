@@ -45,9 +45,13 @@ def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(launch_cmd(*args), capture_output=True, text=True, timeout=timeout)
 
 
+def _newest_checkpoint(run_dir: Path) -> Path:
+    """The newest main checkpoint file (not a ``.broken`` or side file)."""
+    return max(p for p in (run_dir / "checkpoints").glob("ckpt_*.pt") if p.name.count(".") == 1)
+
+
 def _latest(run_dir: Path) -> dict:
-    main = sorted(p for p in (run_dir / "checkpoints").glob("ckpt_*.pt") if p.name.count(".") == 1)
-    return torch.load(main[-1], weights_only=True)["state"]
+    return torch.load(_newest_checkpoint(run_dir), weights_only=True)["state"]
 
 
 def _gone(tree: set[int], seconds: float) -> None:

@@ -5,8 +5,7 @@ about 1. Each module still joins as its own Ray job (``ray.init`` / ``ray.shutdo
 the module, in its own namespace), so its actors and workers die with it as before. The head
 starts with the first module that uses ``ray_cluster`` and stops once no module is joined and
 the next test (pytest's ``nextitem``) belongs to no such module, so it never idles beside a
-launch or the other pytest-xdist worker's tests; ``tests/conftest.py`` runs these modules one
-after another.
+launch or the other pytest-xdist worker's tests; these modules run one after another.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ class _SharedHead:
     def __init__(self) -> None:
         self.cluster = None
         self.joined = False  # a module's job is connected
-        self.modules: set | None = None  # the modules with a test that uses ``ray_cluster``
+        self.modules: set = set()  # the modules with a test that uses ``ray_cluster``
 
     def address(self) -> str:
         if self.cluster is None:
@@ -64,13 +63,17 @@ def ray_cluster(request):
     _HEAD.joined = False
 
 
+def pytest_collection_modifyitems(config, items):
+    """The modules on the shared head one after another, last: one head start for them all."""
+    _HEAD.modules = {item.module for item in items if "ray_cluster" in item.fixturenames}
+    items.sort(key=lambda item: item.module in _HEAD.modules)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item, nextitem):
     yield  # the module's ``ray_cluster`` (if this was its last test) is finalised by now
-    if _HEAD.cluster is None or _HEAD.joined:
+    if _HEAD.joined:
         return
-    if _HEAD.modules is None:
-        _HEAD.modules = {i.module for i in item.session.items if "ray_cluster" in i.fixturenames}
     if nextitem is None or nextitem.module not in _HEAD.modules:
         _HEAD.stop()
 

@@ -20,7 +20,15 @@ from distdrq.proctree import descendants  # noqa: E402
 from distdrq.tblog import read_events  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
-from test_cli_launch import SMALL, _disk_coded, _gone, _latest, _learning_and_evaluated, run  # noqa: E402
+from test_cli_launch import (  # noqa: E402
+    SMALL,
+    _disk_coded,
+    _gone,
+    _latest,
+    _learning_and_evaluated,
+    _newest_checkpoint,
+    run,
+)
 
 COMMON = [
     "--plain",
@@ -113,10 +121,6 @@ def _snapshot(coord):
     return ray.get(coord.snapshot.remote(), timeout=30)
 
 
-def _newest_checkpoint(run_dir):
-    return max(p for p in (run_dir / "checkpoints").glob("ckpt_*.pt") if p.name.count(".") == 1)
-
-
 def _shard_stats(shard):
     try:
         return ray.get(shard.stats.remote(), timeout=10)
@@ -132,6 +136,7 @@ def test_a_run_survives_killed_actors_then_ctrl_c_and_resume_continue_it(tmp_pat
     quick checkpoint and leaves no process behind, and `--resume` continues replay, learner,
     limiter and records to the frame budget."""
     run_dir = tmp_path / "run"
+    every = 600  # frames between checkpoints; each one snapshots every shard
     launch = _Launch(
         run_dir,
         "--task",
@@ -139,7 +144,7 @@ def test_a_run_survives_killed_actors_then_ctrl_c_and_resume_continue_it(tmp_pat
         "--frames",
         "1000000",
         *SMALL,
-        "train.checkpoint_every_frames=600",  # each checkpoint snapshots every shard
+        f"train.checkpoint_every_frames={every}",
         common=[],
     )
     tree: set[int] = set()
@@ -238,7 +243,7 @@ def test_a_run_survives_killed_actors_then_ctrl_c_and_resume_continue_it(tmp_pat
             last = int(_newest_checkpoint(run_dir).stem.split("_")[1])
             stats = [_shard_stats(shard) or {} for shard in shards]
             unsaved = all(s.get("inserted_since_snapshot", 0) > 0 for s in stats)
-            return unsaved and _snapshot(coord).counters.frames + 200 < last + 600
+            return unsaved and _snapshot(coord).counters.frames + 200 < last + every
 
         _until(unsaved_and_no_checkpoint_due, 120, every=0.1, launch=launch)
         tree |= descendants(launch.proc.pid)
