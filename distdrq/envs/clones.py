@@ -6,7 +6,8 @@ Gaussian noise. Here:
 
 - :class:`TaskPhysics` steps one ``dm_control`` Physics of a suite task exactly as
   ``Environment.step`` does (``task.before_step``, ``physics.step(n_sub_steps)``,
-  ``task.after_step``, ``task.get_reward``, the 1000-control-step limit), over
+  ``task.after_step``, ``task.get_reward`` (or its exact equal in
+  :mod:`distdrq.envs.fast_rewards`), the 1000-control-step limit), over
   ``env.action_repeat`` control steps per agent step with the rewards summed, as
   :class:`~distdrq.envs.dmc.PixelEnv` does. It never auto-resets and never renders: clones are
   *not* stepped through ``Environment.step``, which resets by itself after the last step and
@@ -127,6 +128,9 @@ class TaskPhysics:
         self._sig = mujoco.mjtState.mjSTATE_INTEGRATION
         domain = type(self.task).__module__.rsplit(".", 1)[-1]
         self._model_fields = MODEL_FIELDS.get(domain, ())
+        from distdrq.envs.fast_rewards import fast_reward
+
+        self._reward = fast_reward(self.task, self.physics) or self.task.get_reward
         from dm_control.rl.control import PhysicsError
 
         self._physics_error = PhysicsError
@@ -180,7 +184,7 @@ class TaskPhysics:
                 self.task.before_step(env_action, self.physics)
                 self.physics.step(self.n_sub_steps)
                 self.task.after_step(self.physics)
-                reward += self.task.get_reward(self.physics)
+                reward += self._reward(self.physics)
                 self.step_count += 1
                 if self.step_count >= self.step_limit:
                     return StepResult(float(reward), False, True)
