@@ -42,12 +42,26 @@ def _summary(run_dir):
     return json.loads((run_dir / "summary.json").read_text())
 
 
+def _evens(start: int, stop: int) -> int:
+    """agent steps in [start, stop) with an update (update_every_steps=2, after seeding)"""
+    return len(range(start + start % 2, stop, 2))
+
+
 @pytest.mark.slow
-def test_train_checkpoint_resume(tmp_path):
+def test_train_checkpoint_sigkill_resume_and_plot(tmp_path):
+    """A run's life through the CLI: a short run checkpoints; resumed for longer, it is killed
+    with SIGKILL mid-run; resumed again, the rows the dead process wrote after its last
+    checkpoint are dropped, so frames only go forward, no evaluation appears twice, and the
+    counters are those of a run that never stopped. Then its curves are plotted."""
+    import signal
+    import time
+
     run_dir = tmp_path / "run"
-    first = distdrq(
-        "train", "--task", "cartpole_swingup", "--frames", "400", "--run-dir", str(run_dir), *SMALL
-    )
+    small = [x for x in SMALL if not x.startswith("train.eval_every_frames")]
+    small += ["env.action_repeat=8", "train.eval_every_frames=400"]  # seeding: 25 steps
+    small += ["train.checkpoint_every_frames=400", "train.log_every_frames=200"]
+    args = ["train", "--task", "cartpole_swingup", "--run-dir", str(run_dir), *small]
+    first = distdrq(*args, "--frames", "400")
     assert first.returncode == 0, first.stderr[-3000:]
     assert "done at frame 400" in first.stdout
     # the evaluation at frame 0 (minutes on a CPU) is announced before it runs
@@ -58,8 +72,7 @@ def test_train_checkpoint_resume(tmp_path):
     final = float((run_dir / "eval.csv").read_text().splitlines()[-1].split(",")[4])
     assert f"eval return {_fmt(final)}" in [x for x in lines if x.startswith("[")][-1]
     s1 = _summary(run_dir)
-    assert s1["frames"] == 400 and s1["steps"] == 200
-    assert s1["updates"] == (200 - 100) // 2  # seed frames 200 = 100 steps, update every 2
+    assert s1["frames"] == 400 and s1["steps"] == 50 and s1["updates"] == _evens(25, 50) > 0
     ckpts = sorted((run_dir / "checkpoints").glob("ckpt_*.pt"))
     main = [p for p in ckpts if p.name.count(".") == 1]
     assert [p.name for p in main] == ["ckpt_000000000400.pt"]
@@ -68,16 +81,51 @@ def test_train_checkpoint_resume(tmp_path):
     assert (run_dir / "eval.csv").read_text().count("\n") >= 2  # header + evals
     assert (run_dir / "videos" / "eval_000000000000.gif").stat().st_size > 1000
 
-    second = distdrq("train", "--resume", str(run_dir), "--frames", "600", "--plain")
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "resumed from" in second.stdout and "at frame 400" in second.stdout
+    # resumed with a far budget, then killed once it has evaluated past a newer checkpoint
+    # (checkpoints fall on episode ends: every 1000 frames for cartpole)
+    env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distdrq.cli", "train", "--resume", str(run_dir), "--frames",
+         "100000", "--plain"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert proc.poll() is None and time.monotonic() < deadline
+            ckpts = sorted((run_dir / "checkpoints").glob("ckpt_*[0-9].pt"))
+            text = (run_dir / "eval.csv").read_text()
+            evals = [int(r.split(",")[0]) for r in text.splitlines()[1:]]
+            newest = int(ckpts[-1].stem.split("_")[1])
+            if newest > 400 and evals[-1] > newest:
+                break
+            time.sleep(0.2)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = (run_dir / "eval.csv").read_text().splitlines()
+    resumed = distdrq("train", "--resume", str(run_dir), "--frames", "2400", "--plain")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout and f"at frame {newest:,}" in resumed.stdout
+    assert "eval.csv: dropped" in resumed.stdout, resumed.stdout[-2000:]
+    evals = [int(r.split(",")[0]) for r in (run_dir / "eval.csv").read_text().splitlines()[1:]]
+    assert evals == sorted(set(evals)) and evals[-1] == 2400, (before, evals)
     s2 = _summary(run_dir)
-    assert s2["frames"] == 600 and s2["steps"] == 300
-    assert s2["updates"] == s1["updates"] + 100 // 2
+    assert s2["frames"] == 2400 and s2["steps"] == 300
+    assert s2["updates"] == _evens(25, 300)  # as if the run had never stopped
     assert s2["wall_time"] > s1["wall_time"]
     rows = (run_dir / "train.csv").read_text().splitlines()
     frames = [int(r.split(",")[0]) for r in rows[1:]]
-    assert frames == sorted(frames) and frames[-1] == 600 and min(frames) < 400
+    walls = [float(r.split(",")[4]) for r in rows[1:]]
+    assert frames == sorted(frames) and frames[-1] == 2400 and min(frames) < 400
+    assert walls == sorted(walls)  # wall time continues across the resumes
+    # TensorBoard's events hold the same points, each once (rebuilt on resume from the records)
+    points = read_events(run_dir)
+    assert [step for step, _ in points["eval/eval_return"]] == evals
+    assert [step for step, _ in points["train/wall_time"]] == frames
+    assert [value for _, value in points["train/wall_time"]] == pytest.approx(walls, rel=1e-6)
+    videos = [step for step, _ in points["eval/video"]]
+    assert videos[0] == 0 and set(videos) <= set(evals)
 
     # learning curves of this real run, with DrQ-v2's published curve of the same task
     reference = tmp_path / "ref.csv"
@@ -126,57 +174,3 @@ def test_tasks_and_help():
         assert name in tasks.stdout
     help_text = distdrq("train", "--help").stdout
     assert "--resume" in help_text and "agent.lr" in help_text and "env.fast_render" in help_text
-
-
-@pytest.mark.slow
-def test_sigkill_then_resume_keeps_records_consistent(tmp_path):
-    """kill -9 mid-run, then --resume: rows the dead process wrote after its last checkpoint
-    are dropped, so frames only go forward and no evaluation appears twice."""
-    import signal
-    import time
-
-    run_dir = tmp_path / "run"
-    args = ["train", "--task", "cartpole_swingup", "--frames", "100000", "--run-dir", str(run_dir)]
-    many = [x for x in SMALL if not x.startswith("train.eval_every_frames")]
-    many += ["env.action_repeat=8", "train.eval_every_frames=400"]
-    many += ["train.checkpoint_every_frames=400", "train.log_every_frames=200"]
-    env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "distdrq.cli", *args, *many],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        # wait until the run has evaluated past its first checkpoint (checkpoints fall on
-        # episode ends: every 1000 frames for cartpole)
-        while True:
-            assert proc.poll() is None and time.monotonic() < deadline
-            ckpts = sorted((run_dir / "checkpoints").glob("ckpt_*[0-9].pt"))
-            text = (run_dir / "eval.csv").read_text() if (run_dir / "eval.csv").exists() else ""
-            evals = [int(r.split(",")[0]) for r in text.splitlines()[1:]]
-            if ckpts and evals and evals[-1] > int(ckpts[0].stem.split("_")[1]):
-                break
-            time.sleep(0.2)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    before = (run_dir / "eval.csv").read_text().splitlines()
-    resumed = distdrq("train", "--resume", str(run_dir), "--frames", "2400", "--plain")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "eval.csv: dropped" in resumed.stdout, resumed.stdout[-2000:]
-    evals = [int(r.split(",")[0]) for r in (run_dir / "eval.csv").read_text().splitlines()[1:]]
-    assert evals == sorted(set(evals)) and evals[-1] == 2400, (before, evals)
-    rows = (run_dir / "train.csv").read_text().splitlines()
-    frames = [int(r.split(",")[0]) for r in rows[1:]]
-    walls = [float(r.split(",")[4]) for r in rows[1:]]
-    assert frames == sorted(frames) and frames[-1] == 2400
-    assert walls == sorted(walls)  # wall time continues across the resume
-    # TensorBoard's events hold the same points, each once (rebuilt on resume from the records)
-    points = read_events(run_dir)
-    assert [step for step, _ in points["eval/eval_return"]] == evals
-    assert [step for step, _ in points["train/wall_time"]] == frames
-    assert [value for _, value in points["train/wall_time"]] == pytest.approx(walls, rel=1e-6)
-    videos = [step for step, _ in points["eval/video"]]
-    assert videos[0] == 0 and set(videos) <= set(evals)
