@@ -271,12 +271,14 @@ def load_task(name: str, seed: int, cfg: EnvConfig) -> Any:
     return _load(spec, seed, cfg.gl_backend)
 
 
-def _check_display(configured: str) -> None:
+def check_display(configured: str) -> None:
     """glfw opens a window: without a display it fails only after GLFW's warnings and a
-    traceback from dm_control's half-made context, so refuse it first, in one line."""
+    traceback from dm_control's half-made context, so refuse it first, in one line. The
+    backend is MUJOCO_GL, else ``configured`` (what this process's envs will use; a local
+    launch checks it before starting Ray, whose actors inherit this environment)."""
     on_linux = sys.platform.startswith("linux")
     display = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
-    if os.environ.get("MUJOCO_GL") == "glfw" and on_linux and not display:
+    if os.environ.get("MUJOCO_GL", configured) == "glfw" and on_linux and not display:
         raise _gl_error(RuntimeError("no display: DISPLAY is not set"), configured)
 
 
@@ -304,7 +306,7 @@ def _import_dm_control(configured: str) -> tuple[Any, Any]:
 
 def _load(spec: TaskSpec, seed: int, gl_backend: str) -> Any:
     os.environ.setdefault("MUJOCO_GL", gl_backend)
-    _check_display(gl_backend)
+    check_display(gl_backend)
     try:
         manipulation, suite = _import_dm_control(gl_backend)
     except (ImportError, RuntimeError, AttributeError, OSError) as exc:
