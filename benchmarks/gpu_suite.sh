@@ -64,10 +64,10 @@ else
   LEARNER_ARGS=(--batch-sizes 4,8 --updates 1 --warmup 1 --threads 1 --image-size 32)
   MEMORY_ARGS=(--updates 1) DRQV2_BATCH=8 NANO_ARGS=(--batch-size 8)
   REPLAY_ARGS=(--tasks walker_walk --codecs lz4d-star32 --episodes 1 --copies 1 --reps 3 --no-disk)
-  LAUNCH_ARGS=(--e2e-actors 1 --shards 1 --frames 600 --minutes 3 --samples-per-insert 8
+  LAUNCH_ARGS=(--e2e-actors 1 --shards 1 --frames 400 --minutes 3 --samples-per-insert 8
     replay.disk_codec=stored env.image_size=32 env.fast_render=true agent.batch_size=8
     agent.hidden_dim=32 agent.feature_dim=16 train.seed_frames=200
-    train.eval_every_frames=1000000 distributed.evaluator=false)
+    train.eval_every_frames=1000000 distributed.evaluator=false distributed.dashboard=false)
 fi
 # SDPG's iteration time split (single process): the command gets the JSON file to write as its
 # last argument, holding {"iteration_seconds": s, "phases": {"<phase>": s, ...}}. Empty: the step

@@ -57,7 +57,7 @@ def test_dry_run_measures_every_step_or_says_why_not(tmp_path):
     replay = report["steps"]["replay"]["metrics"]
     assert replay["walker_walk lz4d-star32 | batches/s"] > 0
     launch = report["steps"]["launch"]["metrics"]
-    assert launch["frames"] >= 600 and launch["updates"] > 0 and launch["actors"] == 1
+    assert launch["frames"] >= 400 and launch["updates"] > 0 and launch["actors"] == 1
     assert launch["updates_per_second_overall"] > 0 and launch["samples_per_insert"] == 8
     sdpg = report["steps"]["sdpg"]["metrics"]
     assert sdpg["iteration_seconds"] > 0 and sdpg["physics_seconds"] > 0
