@@ -78,8 +78,8 @@ def test_nano_config_trains_end_to_end(tmp_path: Path) -> None:
     policy.load_policy_state_dict(trainer.agent.policy_state_dict(), version=1)
     obs = np.zeros(trainer.env.obs_shape, np.uint8)
     np.testing.assert_allclose(
-        policy.act(obs, 10_000, True), trainer.agent.act(obs, 10_000, True), atol=0.02
-    )  # the learner acts under bf16 autocast, the policy in fp32
+        policy.act(obs, 10_000, True), trainer.agent.act(obs, 10_000, True), atol=1e-5
+    )  # both act in fp32 on a CPU (the learner trains under bf16 autocast)
 
 
 def test_bench_memory_prints_the_report(capsys: pytest.CaptureFixture[str]) -> None:
