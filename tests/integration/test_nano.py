@@ -87,13 +87,14 @@ def test_bench_memory_prints_the_report(capsys: pytest.CaptureFixture[str]) -> N
     add_bench_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
         ["bench", "memory", "--config", str(NANO), "--device", "cpu", "--updates", "1",
-         "env.fast_render=true"]
+         "--batch-size", "8", "env.fast_render=true"]
     )  # fmt: skip
+    # batch 8: the profile's 64 is asserted above, and emulated bf16 took 21 s at 64
     assert run_bench(args) == 0
     out = capsys.readouterr().out
     for text in (
         "algo drq, encoder nano",
-        "batch 64",
+        "batch 8",
         "bf16",
         "gradient checkpointing on",
         "encoder_target",
