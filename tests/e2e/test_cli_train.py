@@ -13,7 +13,7 @@ from distdrq.tblog import read_events
 
 SMALL = [
     "--plain",
-    "env.image_size=48",
+    "env.image_size=32",
     "env.fast_render=true",
     "train.seed_frames=200",
     "train.eval_every_frames=100000",

@@ -36,7 +36,7 @@ COMMON = [
     "cartpole_swingup",
     "--frames",
     "10000000",
-    "env.image_size=48",
+    "env.image_size=32",
     "env.fast_render=true",
     "agent.batch_size=32",
     "agent.hidden_dim=32",
