@@ -52,18 +52,22 @@ def test_zero_noise_clone_is_its_nominal_bit_for_bit_and_skipping_forward_drifts
     assert not _same(_window(nominal, careless, actions))
 
 
-def test_clone_stepping_equals_environment_step():
+@pytest.mark.parametrize("task", ["walker_walk", "cheetah_run", "reacher_easy"])
+def test_clone_stepping_equals_environment_step(task):
     """The stepper clones use is dm_control's Environment.step (via PixelEnv), bit for bit,
-    including the episode's end after 1000 control steps. (The frames PixelEnv renders, here
-    without shadows and reflections, 6x faster, do not touch the physics.)"""
-    cfg = EnvConfig(task="walker_walk", action_repeat=2, image_size=16, fast_render=True)
+    including the episode's end after 1000 control steps: with MuJoCo called directly and, for
+    walker and cheetah, the fast rewards (reacher keeps dm_control's). (The frames PixelEnv
+    renders, here without shadows and reflections, 6x faster, do not touch the physics.)"""
+    cfg = EnvConfig(task=task, action_repeat=2, image_size=16, fast_render=True)
     pixel_env, nominal = PixelEnv(cfg, 3), NominalEnv(cfg, 3, pixels=False)
+    assert nominal.physics_stepper._direct
     pixel_env.reset()
     nominal.reset()
     rng = np.random.default_rng(1)
     lasts = []
+    dim = nominal.action_dim
     for _ in range(500):
-        action = rng.uniform(-1, 1, 6).astype(np.float32)
+        action = rng.uniform(-1, 1, dim).astype(np.float32)
         expected, got = pixel_env.step(action), nominal.step(action)
         assert got.reward == expected.reward
         lasts.append((got.last, expected.last))
@@ -74,6 +78,19 @@ def test_clone_stepping_equals_environment_step():
     assert nominal.last_result.truncated and not nominal.last_result.terminated
     pixel_env.close()
     nominal.close()
+
+
+def test_dm_controls_own_step_path_steps_alike():
+    """Tasks that override before_step/after_step (or visualise rewards) are stepped through
+    dm_control's Task and Physics methods; for a suite task both paths give the same state."""
+    direct, wrapped = _nominal("walker_walk"), _nominal("walker_walk")
+    wrapped.physics_stepper._direct = False
+    actions = np.random.default_rng(4).uniform(-1, 1, (60, 6))
+    results = [(direct.step(a).reward, wrapped.step(a).reward) for a in actions]
+    assert all(a == b for a, b in results)
+    assert np.array_equal(
+        direct.physics_stepper.physics.get_state(), wrapped.physics_stepper.physics.get_state()
+    )
 
 
 def test_task_state_outside_mjdata_travels_with_the_clone():
