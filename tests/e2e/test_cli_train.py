@@ -103,6 +103,8 @@ def test_train_checkpoint_sigkill_resume_and_plot(tmp_path):
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+    # the checkpoint the resume starts from: the newest one the dead process finished
+    newest = int(sorted((run_dir / "checkpoints").glob("ckpt_*[0-9].pt"))[-1].stem.split("_")[1])
     before = (run_dir / "eval.csv").read_text().splitlines()
     resumed = distdrq("train", "--resume", str(run_dir), "--frames", "2400", "--plain")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
