@@ -40,7 +40,7 @@ from distdrq.distributed.monitor import Monitor, condensed_ray_notices
 from distdrq.distributed.roles import roles_for
 from distdrq.distributed.supervisor import RestartLimitError, Supervisor
 from distdrq.distributed.topology import RunStart, Topology, build_topology
-from distdrq.envs.dmc import check_display
+from distdrq.envs.dmc import check_display_for
 from distdrq.metrics import RunMetrics
 from distdrq.proctree import kill_descendants
 from distdrq.progress import ProgressDisplay
@@ -71,7 +71,7 @@ def launch(
     start = _resume_point(run_dir, progress, damaged) if resume else RunStart()
     own_cluster = not (address or os.environ.get("RAY_ADDRESS"))
     if own_cluster:  # this machine's actors will render: a missing display is known now
-        check_display(cfg.env.gl_backend)
+        check_display_for(cfg.env)
     resources = connect(cfg, address, notice=progress.message)
     try:
         if not resume:  # only now: a run that could not start leaves no run directory behind

@@ -271,6 +271,13 @@ def load_task(name: str, seed: int, cfg: EnvConfig) -> Any:
     return _load(spec, seed, cfg.gl_backend)
 
 
+def check_display_for(cfg: EnvConfig) -> None:
+    """:func:`check_display` for the envs of ``cfg`` (a local launch's actors inherit this
+    process's environment); tasks that are not MuJoCo's (point_reach) never open GL."""
+    if cfg.task in TASKS:
+        check_display(cfg.gl_backend)
+
+
 def check_display(configured: str) -> None:
     """glfw opens a window: without a display it fails only after GLFW's warnings and a
     traceback from dm_control's half-made context, so refuse it first, in one line. The

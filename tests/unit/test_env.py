@@ -207,6 +207,25 @@ def test_gl_failure_raises_gl_backend_error():
     assert "apt-get install" in out.stdout
 
 
+def test_the_display_check_before_a_local_launch_spares_tasks_without_mujoco(monkeypatch):
+    """glfw without a display: a MuJoCo task is refused before Ray starts; point_reach, which
+    never opens GL, still launches (as it did before the check moved into the driver)."""
+    from distdrq.envs.dmc import GLBackendError, check_display_for
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setenv("MUJOCO_GL", "glfw")
+    check_display_for(EnvConfig(task="point_reach"))
+    with pytest.raises(GLBackendError, match="no display: DISPLAY is not set"):
+        check_display_for(EnvConfig(task="cartpole_swingup"))
+    monkeypatch.setenv("WAYLAND_DISPLAY", "wayland-0")
+    check_display_for(EnvConfig(task="cartpole_swingup"))
+    monkeypatch.delenv("WAYLAND_DISPLAY")
+    monkeypatch.setenv("MUJOCO_GL", "egl")  # the environment wins over env.gl_backend=glfw
+    check_display_for(EnvConfig(task="cartpole_swingup", gl_backend="glfw"))
+
+
 def test_dm_control_model_deprecation_notice_is_not_printed(caplog):
     """dm_control's cheetah.xml uses MuJoCo's deprecated settotalmass: MuJoCo's notice about
     it (once per env, dozens of lines for SDPG's clones) is dropped; other absl warnings are
