@@ -131,16 +131,19 @@ class TaskPhysics:
         from distdrq.envs.fast_rewards import fast_reward
 
         self._reward = fast_reward(self.task, self.physics) or self.task.get_reward
+        from dm_control.mujoco.engine import Physics
         from dm_control.rl.control import PhysicsError
         from dm_control.suite.base import Task
 
         self._physics_error = PhysicsError
         self._mujoco = mujoco
-        kind = type(self.task)
+        kind, physics_kind = type(self.task), type(self.physics)
         self._direct = (
             kind.before_step is Task.before_step  # physics.set_control(action)
             and kind.after_step is Task.after_step  # nothing unless rewards are visualised
             and not self.task.visualize_reward
+            and physics_kind.set_control is Physics.set_control
+            and physics_kind.step is Physics.step
         )
         """step the task's control steps without dm_control's Python wrappers (about a fifth
         of a state-actor SDPG iteration on cheetah_run); the same MuJoCo calls, so the same

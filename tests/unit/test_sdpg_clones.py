@@ -52,11 +52,12 @@ def test_zero_noise_clone_is_its_nominal_bit_for_bit_and_skipping_forward_drifts
     assert not _same(_window(nominal, careless, actions))
 
 
-@pytest.mark.parametrize("task", ["walker_walk", "cheetah_run", "reacher_easy"])
+@pytest.mark.parametrize("task", ["walker_walk", "cheetah_run", "reacher_easy", "cartpole_swingup"])
 def test_clone_stepping_equals_environment_step(task):
     """The stepper clones use is dm_control's Environment.step (via PixelEnv), bit for bit,
-    including the episode's end after 1000 control steps: with MuJoCo called directly and, for
-    walker and cheetah, the fast rewards (reacher keeps dm_control's). (The frames PixelEnv
+    including the episode's end after 1000 control steps: with MuJoCo called directly (cartpole
+    integrates with RK4) and, for walker and cheetah, the fast rewards (reacher and cartpole
+    keep dm_control's). (The frames PixelEnv
     renders, here without shadows and reflections, 6x faster, do not touch the physics.)"""
     cfg = EnvConfig(task=task, action_repeat=2, image_size=16, fast_render=True)
     pixel_env, nominal = PixelEnv(cfg, 3), NominalEnv(cfg, 3, pixels=False)
