@@ -84,10 +84,11 @@ def test_train_checkpoint_sigkill_resume_and_plot(tmp_path):
     # resumed with a far budget, then killed once it has evaluated past a newer checkpoint
     # (checkpoints fall on episode ends: every 1000 frames for cartpole)
     env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
+    killed_log = (tmp_path / "killed.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "distdrq.cli", "train", "--resume", str(run_dir), "--frames",
          "100000", "--plain"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        stdout=killed_log, stderr=subprocess.STDOUT, env=env,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 300
@@ -103,6 +104,9 @@ def test_train_checkpoint_sigkill_resume_and_plot(tmp_path):
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+        killed_log.close()
+    assert "resumed from" in (killed := (tmp_path / "killed.log").read_text()), killed[-2000:]
+    assert "at frame 400" in killed and "Traceback" not in killed
     # the checkpoint the resume starts from: the newest one the dead process finished
     newest = int(sorted((run_dir / "checkpoints").glob("ckpt_*[0-9].pt"))[-1].stem.split("_")[1])
     before = (run_dir / "eval.csv").read_text().splitlines()
