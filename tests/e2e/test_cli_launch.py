@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from distdrq.checkpoint import list_checkpoints
 from distdrq.proctree import alive
 from distdrq.replay.snapshot import read_snapshot
 
@@ -47,7 +48,7 @@ def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 def _newest_checkpoint(run_dir: Path) -> Path:
     """The newest main checkpoint file (not a ``.broken`` or side file)."""
-    return max(p for p in (run_dir / "checkpoints").glob("ckpt_*.pt") if p.name.count(".") == 1)
+    return list_checkpoints(run_dir)[0]
 
 
 def _latest(run_dir: Path) -> dict:

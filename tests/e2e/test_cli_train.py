@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from distdrq.checkpoint import list_checkpoints
 from distdrq.progress import _fmt
 from distdrq.tblog import read_events
 
@@ -40,6 +41,11 @@ def distdrq(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 def _summary(run_dir):
     return json.loads((run_dir / "summary.json").read_text())
+
+
+def _newest_frame(run_dir) -> int:
+    """the frame of the run's newest main checkpoint"""
+    return int(list_checkpoints(run_dir)[0].stem.split("_")[1])
 
 
 def _evens(start: int, stop: int) -> int:
@@ -94,10 +100,9 @@ def test_train_checkpoint_sigkill_resume_and_plot(tmp_path):
         deadline = time.monotonic() + 300
         while True:
             assert proc.poll() is None and time.monotonic() < deadline
-            ckpts = sorted((run_dir / "checkpoints").glob("ckpt_*[0-9].pt"))
             text = (run_dir / "eval.csv").read_text()
             evals = [int(r.split(",")[0]) for r in text.splitlines()[1:]]
-            newest = int(ckpts[-1].stem.split("_")[1])
+            newest = _newest_frame(run_dir)
             if newest > 400 and evals[-1] > newest:
                 break
             time.sleep(0.2)
@@ -108,7 +113,7 @@ def test_train_checkpoint_sigkill_resume_and_plot(tmp_path):
     assert "resumed from" in (killed := (tmp_path / "killed.log").read_text()), killed[-2000:]
     assert "at frame 400" in killed and "Traceback" not in killed
     # the checkpoint the resume starts from: the newest one the dead process finished
-    newest = int(sorted((run_dir / "checkpoints").glob("ckpt_*[0-9].pt"))[-1].stem.split("_")[1])
+    newest = _newest_frame(run_dir)
     before = (run_dir / "eval.csv").read_text().splitlines()
     resumed = distdrq("train", "--resume", str(run_dir), "--frames", "2400", "--plain")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
